@@ -1,0 +1,153 @@
+"""``InvCalc``: the ASE calculator over an invariant neural potential.
+
+Atoms -> tensors (``invcalc.systems``), one forward and one backward pass
+(``invcalc.derivatives``), units converted once -> ``self.results`` in eV, eV/Å and
+eV/Å^3 (Voigt).  No model logic lives here.
+"""
+
+from __future__ import annotations
+
+import copy
+import typing as tp
+
+import numpy as np
+import torch
+from ase import Atoms
+from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
+from ase.stress import full_3x3_to_voigt_6_stress
+
+from invcalc.builtin import resolve_model
+from invcalc.derivatives import evaluate, hessian
+from invcalc.elements import check_supported
+from invcalc.potential import InvariantPotential
+from invcalc.systems import System, to_system, validate
+from invcalc.units import ev_per
+
+
+def default_device() -> torch.device:
+    """CUDA when available, else CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class InvCalc(Calculator):
+    r"""ASE calculator for invariant neural potentials (invcalc models and torchani ANI).
+
+    Energy :math:`E = \sum_i e_0(Z_i) + \frac{1}{M}\sum_m NN^m_{Z_i}(G_i)` over atoms i
+    and ensemble members m, with :math:`G_i` the atom's AEV.  Forces
+    :math:`F_i = -\partial E/\partial r_i`; stress
+    :math:`\sigma = V^{-1}\,\partial E/\partial\varepsilon` under a symmetric homogeneous
+    strain of positions and cell (3D-periodic cells only); both by autograd in the same
+    backward pass.
+
+    Results (ASE names where ASE has one): ``energy``/``free_energy`` (eV), ``forces``
+    (N, 3) eV/Å, ``stress`` (6,) Voigt eV/Å^3, ``energies`` (N,) eV per atom,
+    ``energy_uncertainty`` (eV) and ``forces_uncertainty`` (N,) eV/Å: the ensemble's
+    population standard deviation (0 for a single model).  ``get_hessian`` gives
+    :math:`\partial^2E/\partial r\partial r` as (3N, 3N) eV/Å^2.
+
+    Args:
+        model: None (the embedded default), ``"default"``, ``"ani1x"``, ``"ani2x"``,
+            ``"ani1ccx"`` (downloaded by torchani), a model-file path, an
+            ``InvariantPotential`` or a torchani ANI model.
+        device: torch device; None picks CUDA when available.
+        dtype: network precision, ``torch.float32`` (default) or ``torch.float64``.
+            A module passed in is copied, never modified, when it must be converted.
+    """
+
+    implemented_properties = (
+        "energy",
+        "free_energy",
+        "forces",
+        "stress",
+        "energies",
+        "energy_uncertainty",
+        "forces_uncertainty",
+    )
+
+    def __init__(
+        self,
+        model: tp.Any = None,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        **kwargs: tp.Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        potential = resolve_model(model)
+        self.device = torch.device(device) if device is not None else default_device()
+        self.dtype = dtype or torch.float32
+        if self.dtype not in (torch.float32, torch.float64):
+            raise ValueError(f"dtype must be torch.float32 or torch.float64, not {self.dtype}")
+        if potential.dtype != self.dtype or potential.device != self.device:
+            potential = copy.deepcopy(potential).to(device=self.device, dtype=self.dtype)
+        self.potential: InvariantPotential = potential
+        self._ev = ev_per(potential.energy_unit)
+
+    # ---- ASE interface --------------------------------------------------------------
+
+    def check_state(self, atoms: Atoms, tol: float = 1e-15) -> list[str]:
+        """ASE's changes, plus ``"charge"`` when ``atoms.info['charge']`` changed."""
+        changes = super().check_state(atoms, tol)
+        if self.atoms is not None and self.atoms.info.get("charge") != atoms.info.get("charge"):
+            changes.append("charge")
+        return changes
+
+    def calculate(
+        self,
+        atoms: Atoms | None = None,
+        properties: tp.Sequence[str] = ("energy",),
+        system_changes: tp.Sequence[str] = all_changes,
+    ) -> None:
+        """Fill ``self.results`` with every property one pass yields (see class doc)."""
+        super().calculate(atoms, properties, system_changes)
+        system = self._system(self.atoms)
+        if "stress" in properties and not system.periodic_3d:
+            raise PropertyNotImplementedError(
+                "stress needs a cell that is periodic in all three directions"
+            )
+        members = self.potential.ensemble_size > 1 and "forces_uncertainty" in properties
+        ev = evaluate(
+            self.potential, system.numbers, system.positions, system.cell,
+            forces=True, stress=system.periodic_3d, member_forces=members,
+        )
+        k = self._ev
+        energy = float(ev.energies.total[0]) * k
+        assert ev.forces is not None
+        forces = ev.forces[0].detach().to(torch.float64).cpu().numpy() * k
+        self.results = {
+            "energy": energy,
+            "free_energy": energy,
+            "forces": forces,
+            "energies": ev.energies.atomic[0].cpu().numpy() * k,
+            "energy_uncertainty": float(ev.energies.members[:, 0].std(unbiased=False)) * k,
+        }
+        if ev.member_forces is not None:
+            spread = ev.member_forces[:, 0].to(torch.float64) - ev.forces[0].to(torch.float64)
+            per_atom = spread.pow(2).sum(-1).mean(0).sqrt()
+            self.results["forces_uncertainty"] = per_atom.cpu().numpy() * k
+        elif self.potential.ensemble_size == 1:
+            self.results["forces_uncertainty"] = np.zeros(len(self.atoms))
+        if ev.stress is not None:
+            stress = ev.stress.detach().cpu().numpy() * k
+            self.results["stress"] = full_3x3_to_voigt_6_stress(stress)
+
+    def get_hessian(self, atoms: Atoms | None = None) -> np.ndarray:
+        """Hessian d2E/dr2 of ``atoms`` (default: the attached atoms), (3N, 3N) eV/Å^2.
+
+        Rows and columns run over (atom 0 x, y, z, atom 1 x, ...), as
+        ``ase.vibrations.VibrationsData.from_2d`` expects.  Use ``dtype=torch.float64``
+        for precise vibrational analysis.
+        """
+        atoms = atoms if atoms is not None else self.atoms
+        if atoms is None:
+            raise ValueError("no atoms: pass atoms or attach this calculator first")
+        system = self._system(atoms)
+        h = hessian(self.potential, system.numbers, system.positions, system.cell)
+        return h.cpu().numpy() * self._ev
+
+    # ---- helpers --------------------------------------------------------------------
+
+    def _system(self, atoms: Atoms) -> System:
+        validate(atoms, neutral_only=True)
+        check_supported(atoms.numbers, self.potential.elements)
+        return to_system(atoms, self.potential.cutoff, self.dtype, self.device)
