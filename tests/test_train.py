@@ -28,6 +28,7 @@ from invcalc.training.batches import PairCache, make_batch
 from invcalc.training.checkpoint import load_checkpoint
 from invcalc.training.dataset import split_indices
 from invcalc.training.objective import loss_terms, member_outputs
+from invcalc.units import ev_per
 
 ELEMENTS = ("H", "C", "O")
 #: A small AEV (fast tests) with the default smooth cutoff.
@@ -248,7 +249,7 @@ def test_fit_learns_and_writes_model_plot_and_metrics(data_file, tmp_path):
     for key in ("energy_mae_per_atom_eV", "energy_rmse_per_molecule_kcal_mol",
                 "force_rmse_eV_per_A"):
         assert np.isfinite(val[key])
-    kcal = invcalc.units.ev_per("kcal/mol")
+    kcal = ev_per("kcal/mol")
     per_molecule = val["energy_mae_per_molecule_eV"] / kcal
     assert val["energy_mae_per_molecule_kcal_mol"] == pytest.approx(per_molecule)
     assert set(val["force_mae_per_element_eV_per_A"]) == set(ELEMENTS)
