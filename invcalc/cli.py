@@ -35,7 +35,8 @@ def _add_label_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="molecules to label (default: train; test molecules are held out)")
     p.add_argument("-o", "--output", default=None, help="extxyz output (default: gfn2xtb_<split>.extxyz)")
     p.add_argument("-j", "--workers", type=int, default=1,
-                   help="worker processes; 0 runs in this process (default: 1)")
+                   help="worker processes, one OpenMP thread each by default; 0 runs in this process "
+                        "with the OpenMP threads its environment gives (default: 1)")
     p.add_argument("--threads-per-worker", type=int, default=1,
                    help="OpenMP threads of each worker process (default: 1)")
     p.add_argument("--limit", type=int, default=None, help="only the first N molecules of the split")
@@ -52,7 +53,8 @@ def _add_label_parser(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--rattles", type=int, default=d.rattle_frames, help="random Cartesian displacements")
     g = p.add_argument_group("clusters")
     g.add_argument("--clusters", type=int, default=0,
-                   help="water/methanol/mixed clusters per split (default: 0)")
+                   help="water/methanol/mixed clusters per split (default: 0); a 16-molecule "
+                        "cluster costs about as much as 20 molecules")
     g.add_argument("--cluster-sizes", type=int, nargs=2, default=list(d.cluster_size_range),
                    metavar=("MIN", "MAX"), help="molecules per cluster")
     g.add_argument("--cluster-frames", type=int, default=d.cluster_md_frames, help="MD frames per cluster")

@@ -103,6 +103,9 @@ def test_validate_rejects_duplicates_and_bad_names():
     for name in ("12", "T", "has space", "1e5"):
         with pytest.raises(ValueError, match="name"):
             validate_entry(MoleculeEntry("C", name, "small", "train"))
+    with pytest.raises(ValueError, match=r"\[H\]F"):
+        validate_entry(MoleculeEntry("F", "hf", "small", "train"))  # extxyz would read F as False
+    assert validate_entry(MoleculeEntry("[H]F", "hf", "unknown", "train")) == "F"
 
 
 def test_read_custom_list_defaults(tmp_path):
@@ -192,6 +195,13 @@ def one_omp_thread():
     gomp.omp_set_num_threads(1)
     yield
     gomp.omp_set_num_threads(before)
+
+
+def _one_omp_thread_here():
+    try:
+        ctypes.CDLL("libgomp.so.1", mode=getattr(os, "RTLD_NOLOAD", 0)).omp_set_num_threads(1)
+    except OSError:
+        pass
 
 
 @pytest.fixture(scope="module")
@@ -348,7 +358,8 @@ def test_thread_and_process_pools_match_serial(serial_run, tiny_tasks, tmp_path)
     from invcalc.data.labels import label_dataset, make_process_pool
 
     reference = _by_key(serial_run[0])
-    with ThreadPoolExecutor(2) as pool:
+    # OpenMP thread limits are per thread: give each pool thread one OpenMP thread
+    with ThreadPoolExecutor(2, initializer=_one_omp_thread_here) as pool:
         s = label_dataset(tiny_tasks, tmp_path / "threads.extxyz", executor=pool)
     assert s.errors == [] and s.n_run == len(tiny_tasks)
     _assert_same(_by_key(tmp_path / "threads.extxyz"), reference)
