@@ -250,7 +250,11 @@ def _sample_molecule(task: LabelTask, calc, rng: np.random.Generator, result: Ta
         except CalculationFailed:
             result.n_sampling_failures += 1
             final, path = conf, []
-        if not sampling.topology_intact(final, bonds):  # rearranged: keep the start
+        if conf.info["forcefield"] == "none" and path:
+            # no force field (e.g. SF6): the embedded start can be badly distorted, so the
+            # xTB-relaxed geometry defines the bonds
+            bonds = sampling.bond_pairs(final)
+        elif not sampling.topology_intact(final, bonds):  # rearranged: keep the start
             final = conf
         path = [f for f in path if sampling.topology_intact(f, bonds)]
         frames += [(f, {"kind": "relax", "temperature_K": 0.0, "conformer": c}) for f in path]
