@@ -100,6 +100,8 @@ class InvCalc(Calculator):
     ) -> None:
         """Fill ``self.results`` with every property one pass yields (see class doc)."""
         super().calculate(atoms, properties, system_changes)
+        if self.atoms is None:
+            raise ValueError("no atoms: pass atoms or attach this calculator first")
         system = self._system(self.atoms)
         if "stress" in properties and not system.periodic_3d:
             raise PropertyNotImplementedError(

@@ -3,7 +3,8 @@
 Each subcommand is one ``_add_<name>_parser(subparsers)`` function that declares its
 options and sets ``func`` (called with the parsed namespace, returning an exit code);
 :func:`build_parser` registers them from :data:`_SUBCOMMANDS`. Keep this file thin: the
-work happens in library modules (``invcalc.data`` for ``label``).
+work happens in library modules (``invcalc.data`` for ``label``, ``invcalc.train``
+for ``train``).
 
     invcalc label --split test -o data/test.extxyz --workers 4
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from typing import Callable, Sequence
 
 
@@ -117,9 +119,26 @@ def _run_label(args: argparse.Namespace) -> int:
     return 1 if summary.errors else 0
 
 
-# Register subcommands here. `invcalc train` goes next to label: write
-# _add_train_parser(subparsers) with set_defaults(func=_run_train) and add it below.
-_SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_label_parser,)
+def _add_train_parser(subparsers: argparse._SubParsersAction) -> None:
+    from invcalc.train import add_train_arguments, run_train
+
+    p = subparsers.add_parser(
+        "train",
+        help="train an invariant potential on energies and forces",
+        description=(
+            "Fit self-energies, then an ensemble of AEV networks on energies and forces "
+            "from any ASE-readable file or ASE database. Writes MODEL, MODEL.metrics.json, "
+            "MODEL.parity.png and per-epoch checkpoints; rerunning resumes."
+        ),
+    )
+    add_train_arguments(p)
+    p.set_defaults(func=run_train)
+
+
+_SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
+    _add_label_parser,
+    _add_train_parser,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -133,13 +152,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``invcalc`` script; returns the exit code."""
+    # torchani warns at import that its optional CUDA extensions are missing; the pure
+    # PyTorch paths invcalc uses need none of them, so the command line stays quiet.
+    warnings.filterwarnings("ignore", message="The extensions.*are not installed")
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
     except KeyboardInterrupt:
         print("interrupted: rerun the same command to resume", file=sys.stderr)
         return 130
-    except (ValueError, ImportError, OSError) as err:
+    except (ValueError, ImportError, OSError, FloatingPointError) as err:
         print(f"invcalc {args.command}: error: {err}", file=sys.stderr)
         return 2
 
