@@ -1,0 +1,237 @@
+"""Accuracy of a model on held-out molecules it never saw, against GFN2-xTB.
+
+    OMP_NUM_THREADS=1 python benchmarks/default_model.py --data gfn2xtb_test.extxyz \\
+        --model invcalc/models/default.pt --out benchmarks/results/default_model.json
+
+Reports (JSON + markdown table):
+- energy MAE per molecule (eV, kcal/mol) and force MAE (eV/Å) over every held-out
+  structure, per element and per molecule, and how the ensemble spread correlates with
+  the actual error;
+- geometry: each held-out molecule relaxed with GFN2-xTB (tblite) to 0.01 eV/Å, then
+  with the model from there; heavy-atom + H RMSD after optimal superposition;
+- stability: Langevin MD at 300 K for ``--md-ps`` on every held-out molecule, checking
+  that no bond breaks or forms;
+- liquid water: 64 molecules in a periodic box (1 g/cm^3) for ``--water-ps`` at 300 K,
+  position of the first O-O radial-distribution peak.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from collections import defaultdict
+
+import numpy as np
+from ase import Atoms, units
+
+KCAL_PER_EV = 1.0 / (units.kcal / units.mol)
+
+
+def kabsch_rmsd(a: np.ndarray, b: np.ndarray) -> float:
+    """RMSD (Å) of (N, 3) ``a`` and ``b`` after optimal translation and rotation."""
+    a, b = a - a.mean(0), b - b.mean(0)
+    u, _, vt = np.linalg.svd(a.T @ b)
+    d = np.sign(np.linalg.det(u @ vt))
+    rot = u @ np.diag([1.0, 1.0, d]) @ vt
+    return float(np.sqrt(((a @ rot - b) ** 2).sum(1).mean()))
+
+
+def structure_errors(frames: list[Atoms], calc) -> dict:
+    """Energy, force and uncertainty errors of ``calc`` against the stored labels."""
+    per_mol: dict[str, list] = defaultdict(list)
+    de, sig, fae = [], [], []
+    per_elem: dict[str, list] = defaultdict(list)
+    for a in frames:
+        e_ref, f_ref = a.get_potential_energy(), a.get_forces()
+        b = a.copy()
+        b.calc = calc
+        e, f = b.get_potential_energy(), b.get_forces()
+        sigma = calc.get_property("energy_uncertainty", b)
+        err = np.abs(f - f_ref)
+        de.append(e - e_ref)
+        sig.append(sigma)
+        fae.append(err.mean())
+        for s, row in zip(a.get_chemical_symbols(), err):
+            per_elem[s].append(row.mean())
+        per_mol[a.info.get("name", "?")].append((abs(e - e_ref), err.mean()))
+    de, sig = np.array(de), np.array(sig)
+    return {
+        "structures": len(frames),
+        "energy_mae_eV": float(np.abs(de).mean()),
+        "energy_mae_kcal_mol": float(np.abs(de).mean() * KCAL_PER_EV),
+        "energy_rmse_eV": float(np.sqrt((de**2).mean())),
+        "force_mae_eV_per_A": float(np.mean(fae)),
+        "force_mae_per_element_eV_per_A": {s: float(np.mean(v)) for s, v in per_elem.items()},
+        "uncertainty_error_pearson": float(np.corrcoef(sig, np.abs(de))[0, 1]),
+        "uncertainty_error_spearman": float(
+            np.corrcoef(np.argsort(np.argsort(sig)), np.argsort(np.argsort(np.abs(de))))[0, 1]
+        ),
+        "per_molecule": {
+            k: {"energy_mae_eV": float(np.mean([x[0] for x in v])),
+                "force_mae_eV_per_A": float(np.mean([x[1] for x in v])), "structures": len(v)}
+            for k, v in sorted(per_mol.items())
+        },
+    }
+
+
+def relaxed_molecules(frames: list[Atoms]) -> dict[str, Atoms]:
+    """First relaxation end point per molecule (the last 'relax' frame of conformer 0)."""
+    best: dict[str, Atoms] = {}
+    for a in frames:
+        if a.info.get("kind") != "relax" or a.info.get("conformer", 0) != 0:
+            continue
+        name = a.info["name"]
+        if name not in best or a.info.get("frame", 0) > best[name].info.get("frame", 0):
+            best[name] = a
+    return {k: Atoms(v.numbers, v.positions) for k, v in best.items()}
+
+
+def geometry_rmsd(molecules: dict[str, Atoms], calc) -> dict:
+    """xTB-relaxed vs model-relaxed geometries (RMSD after superposition)."""
+    from ase.optimize import BFGS
+    from tblite.ase import TBLite
+
+    rows = {}
+    for name, mol in molecules.items():
+        ref = mol.copy()
+        ref.calc = TBLite(method="GFN2-xTB", verbosity=0)
+        BFGS(ref, logfile=None).run(fmax=0.01, steps=500)
+        ours = Atoms(ref.numbers, ref.positions)
+        ours.calc = calc
+        ok = BFGS(ours, logfile=None).run(fmax=0.01, steps=1000)
+        rows[name] = {"rmsd_A": kabsch_rmsd(ours.positions, ref.positions), "converged": bool(ok)}
+    rmsd = np.array([r["rmsd_A"] for r in rows.values()])
+    return {"median_rmsd_A": float(np.median(rmsd)), "mean_rmsd_A": float(rmsd.mean()),
+            "max_rmsd_A": float(rmsd.max()), "molecules": rows}
+
+
+def md_stability(molecules: dict[str, Atoms], calc, ps: float, seed: int = 0) -> dict:
+    """Langevin MD at 300 K; a molecule fails when its bond graph changes."""
+    from ase.md.langevin import Langevin
+    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+
+    from invcalc.data.sampling import bond_pairs
+
+    results = {}
+    steps = int(round(ps * 1000 / 0.5))
+    for k, (name, mol) in enumerate(molecules.items()):
+        atoms = mol.copy()
+        atoms.calc = calc
+        bonds = {tuple(b) for b in bond_pairs(atoms).tolist()}
+        MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=np.random.default_rng(seed + k))
+        dyn = Langevin(atoms, 0.5 * units.fs, temperature_K=300, friction=0.01,
+                       rng=np.random.default_rng(seed + 1000 + k))
+        intact = True
+        for _ in range(0, steps, 100):
+            dyn.run(100)
+            if {tuple(b) for b in bond_pairs(atoms).tolist()} != bonds:
+                intact = False
+                break
+        results[name] = intact
+    return {"ps": ps, "intact": int(sum(results.values())), "total": len(results),
+            "broken": sorted(k for k, v in results.items() if not v)}
+
+
+def water_rdf(calc, ps: float, seed: int = 0) -> dict:
+    """First O-O RDF peak of 64 waters at 1 g/cm^3 and 300 K (Langevin)."""
+    from ase.build import molecule
+    from ase.md.langevin import Langevin
+    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+
+    rng = np.random.default_rng(seed)
+    n_side, length = 4, (64 * 18.015 / 0.6022) ** (1 / 3)  # Å for 1 g/cm^3
+    w = molecule("H2O")
+    positions, symbols = [], []
+    for idx in np.ndindex(n_side, n_side, n_side):
+        q, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+        positions.append((w.positions - w.positions.mean(0)) @ q.T
+                         + (np.array(idx) + 0.5) * length / n_side)
+        symbols += w.get_chemical_symbols()
+    box = Atoms(symbols, np.concatenate(positions), cell=[length] * 3, pbc=True)
+    box.calc = calc
+    MaxwellBoltzmannDistribution(box, temperature_K=300, rng=rng)
+    dyn = Langevin(box, 0.5 * units.fs, temperature_K=300, friction=0.01, rng=rng)
+    oxygens = [i for i, s in enumerate(symbols) if s == "O"]
+    bins = np.linspace(0.0, length / 2, 121)
+    hist = np.zeros(len(bins) - 1)
+    steps = int(round(ps * 1000 / 0.5))
+    t0 = time.perf_counter()
+    for k in range(0, steps, 20):
+        dyn.run(20)
+        if k >= steps // 5:  # discard the first fifth as equilibration
+            for i in oxygens:
+                d = box.get_distances(i, oxygens, mic=True)
+                hist += np.histogram(d[d > 0], bins)[0]
+    shell = 4 / 3 * np.pi * (bins[1:] ** 3 - bins[:-1] ** 3)
+    g = hist / shell
+    g /= g[-20:].mean() if g[-20:].mean() > 0 else 1.0
+    centres = 0.5 * (bins[1:] + bins[:-1])
+    return {"ps": ps, "first_peak_A": float(centres[np.argmax(g)]), "peak_height": float(g.max()),
+            "seconds": time.perf_counter() - t0,
+            "max_force_eV_per_A": float(np.abs(box.get_forces()).max())}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", required=True, help="held-out labelled extxyz")
+    parser.add_argument("--model", default="default", help="model file or name")
+    parser.add_argument("--out", default=None, help="results JSON (a .md table is written beside)")
+    parser.add_argument("--md-ps", type=float, default=10.0, help="MD per molecule, ps (0: skip)")
+    parser.add_argument("--water-ps", type=float, default=5.0, help="water box MD, ps (0: skip)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--limit", type=int, default=None, help="only the first N molecules")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from invcalc import InvCalc
+    from invcalc.data.store import read_dataset
+
+    torch.set_num_threads(args.threads)
+    frames = read_dataset(args.data)
+    if args.limit is not None:
+        keep = sorted({a.info.get("name") for a in frames})[: args.limit]
+        frames = [a for a in frames if a.info.get("name") in keep]
+    calc = InvCalc(args.model, device="cpu")
+    t0 = time.perf_counter()
+    report = {"model": args.model, "data": os.path.basename(args.data), "threads": args.threads}
+    report["structures"] = structure_errors(frames, calc)
+    molecules = relaxed_molecules(frames)
+    report["geometry"] = geometry_rmsd(molecules, calc)
+    if args.md_ps > 0:
+        report["md_stability"] = md_stability(molecules, calc, args.md_ps)
+    if args.water_ps > 0:
+        report["water_box"] = water_rdf(calc, args.water_ps)
+    report["seconds"] = time.perf_counter() - t0
+    s, g = report["structures"], report["geometry"]
+    lines = [
+        "| metric (held-out molecules) | value | target |",
+        "|---|---|---|",
+        f"| structures / molecules | {s['structures']} / {len(molecules)} | |",
+        f"| energy MAE per molecule | {s['energy_mae_kcal_mol']:.2f} kcal/mol "
+        f"({1000 * s['energy_mae_eV']:.0f} meV) | ≤ 1 kcal/mol |",
+        f"| force MAE | {1000 * s['force_mae_eV_per_A']:.0f} meV/Å | ≤ 50 meV/Å |",
+        f"| relaxed-geometry RMSD vs GFN2-xTB (median) | {g['median_rmsd_A']:.3f} Å | ≤ 0.02 Å |",
+        f"| ensemble σ vs \\|energy error\\| (Spearman) | {s['uncertainty_error_spearman']:.2f} | |",
+    ]
+    for sym, v in sorted(s["force_mae_per_element_eV_per_A"].items()):
+        lines.append(f"| force MAE on {sym} | {1000 * v:.0f} meV/Å | |")
+    if "md_stability" in report:
+        m = report["md_stability"]
+        lines.append(f"| intact after {m['ps']:g} ps Langevin MD at 300 K | {m['intact']}/{m['total']} | all |")
+    if "water_box" in report:
+        w = report["water_box"]
+        lines.append(f"| 64-water box, {w['ps']:g} ps at 300 K: first O–O RDF peak | {w['first_peak_A']:.2f} Å | ≈ 2.8 Å |")
+    table = "\n".join(lines)
+    print(table)
+    if args.out:
+        with open(args.out, "w") as handle:
+            json.dump(report, handle, indent=1)
+        with open(os.path.splitext(args.out)[0] + ".md", "w") as handle:
+            handle.write(table + "\n")
+
+
+if __name__ == "__main__":
+    main()
