@@ -173,6 +173,23 @@ def water_rdf(calc, ps: float, seed: int = 0) -> dict:
             "max_force_eV_per_A": float(np.abs(box.get_forces()).max())}
 
 
+def reference_checks(frames: list[Atoms], calc, count: int = 5) -> list[dict]:
+    """A few held-out relaxed structures with GFN2-xTB and model energies, for the card."""
+    picked = list(relaxed_molecules(frames).items())[:count]
+    rows = []
+    for name, mol in picked:
+        src = next(a for a in frames if a.info.get("name") == name and a.info.get("kind") == "relax"
+                   and np.allclose(a.positions, mol.positions))
+        # stored positions are rounded to 1e-6 Å; the model energy is of those positions
+        b = Atoms(mol.numbers, np.round(mol.positions, 6))
+        b.calc = calc
+        rows.append({"name": name, "symbols": b.get_chemical_symbols(),
+                     "positions": b.positions.tolist(),
+                     "reference_energy_eV": src.get_potential_energy(),
+                     "model_energy_eV": b.get_potential_energy()})
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True, help="held-out labelled extxyz")
@@ -182,6 +199,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--water-ps", type=float, default=5.0, help="water box MD, ps (0: skip)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--limit", type=int, default=None, help="only the first N molecules")
+    parser.add_argument("--card", default=None,
+                        help="also write a model card JSON: this report, the model file's "
+                             "metadata and a few stored reference structures")
     args = parser.parse_args(argv)
 
     import torch
@@ -205,6 +225,14 @@ def main(argv: list[str] | None = None) -> None:
     if args.water_ps > 0:
         report["water_box"] = water_rdf(calc, args.water_ps)
     report["seconds"] = time.perf_counter() - t0
+    if args.card:
+        from invcalc.modelfile import read_metadata
+
+        meta = read_metadata(args.model) if os.path.isfile(args.model) else {}
+        card = {"model": os.path.basename(args.model), "metadata": meta, "held_out": report,
+                "reference_checks": reference_checks(frames, calc)}
+        with open(args.card, "w") as handle:
+            json.dump(card, handle, indent=1)
     s, g = report["structures"], report["geometry"]
     lines = [
         "| metric (held-out molecules) | value | target |",
