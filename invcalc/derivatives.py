@@ -17,6 +17,9 @@ from torch import Tensor
 from invcalc.neighbors import PairList
 from invcalc.potential import Energies, InvariantPotential
 
+if tp.TYPE_CHECKING:
+    from invcalc.engine import Prepared
+
 
 class Evaluation(tp.NamedTuple):
     """Energies with the derivatives asked for (None where not asked).
@@ -33,7 +36,7 @@ class Evaluation(tp.NamedTuple):
 
 def evaluate(
     potential: InvariantPotential,
-    numbers: Tensor,
+    numbers: Tensor | None,
     positions: Tensor,
     cell: Tensor | None = None,
     *,
@@ -41,15 +44,25 @@ def evaluate(
     stress: bool = False,
     member_forces: bool = False,
     pairs: PairList | None = None,
+    prepared: Prepared | None = None,
 ) -> Evaluation:
     """One forward pass and the backward passes needed for what is asked.
 
     Plain forces (and stress) take one backward pass; ``member_forces`` takes one per
     ensemble member and derives the mean forces from them at no extra cost.
     Shapes as in ``InvariantPotential.forward``; ``stress`` needs ``cell`` and B = 1.
+    ``numbers`` may be None only with ``prepared``.
+
+    ``prepared``: the structures of ``invcalc.engine`` for this one structure (B = 1)
+    and its pair list (``invcalc.cache.StructureCache`` keeps them between calls);
+    the fast path -- fused ensemble, reused indices -- then gives the same results.
     """
     if stress and (cell is None or positions.shape[0] != 1):
         raise ValueError("stress needs one fully periodic structure (a cell)")
+    if prepared is not None:
+        return _evaluate_prepared(
+            potential, prepared, positions, cell, forces, stress, member_forces
+        )
     need_grad = forces or stress or member_forces
     pos = positions.detach().requires_grad_(need_grad)
     inputs = [pos]
@@ -62,6 +75,8 @@ def evaluate(
         )
         used_pos, used_cell = pos @ deformation, cell @ deformation
         inputs.append(strain)
+    if numbers is None:
+        raise ValueError("numbers are needed without a prepared structure")
     with torch.enable_grad():
         energies = potential(numbers, used_pos, used_cell, pairs)
         if not need_grad:
@@ -79,6 +94,37 @@ def evaluate(
         volume = torch.linalg.det(cell.detach().to(torch.float64)).abs()
         virial = mean[1].to(torch.float64) / volume
     return Evaluation(_detach(energies), -mean[0], per_member, virial)
+
+
+def _evaluate_prepared(
+    potential: InvariantPotential, prepared: Prepared, positions: Tensor,
+    cell: Tensor | None, forces: bool, stress: bool, member_forces: bool,
+) -> Evaluation:
+    """``evaluate`` through ``invcalc.engine.run`` for one structure (B = 1)."""
+    from invcalc import engine
+
+    if positions.shape[0] != 1:
+        raise ValueError("a prepared evaluation takes one structure (B = 1)")
+    layout = prepared.layout
+    sorted_pos = positions[0].detach().index_select(0, layout.order)
+    out = engine.run(
+        potential, prepared, sorted_pos, forces=forces, virial=stress,
+        member_forces=member_forces,
+    )
+    inverse = layout.inverse
+    energies = Energies(
+        out.energy, out.atomic.index_select(0, inverse).unsqueeze(0), out.members
+    )
+    f = None if out.forces is None else out.forces.index_select(0, inverse).unsqueeze(0)
+    per_member = None
+    if out.member_forces is not None:
+        per_member = out.member_forces.index_select(1, inverse).unsqueeze(1)
+    virial = None
+    if out.virial is not None:
+        assert cell is not None
+        volume = torch.linalg.det(cell.detach().to(torch.float64)).abs()
+        virial = out.virial[0].to(torch.float64) / volume
+    return Evaluation(energies, f, per_member, virial)
 
 
 def _member_gradients(members: Tensor, inputs: list[Tensor]) -> list[Tensor]:

@@ -23,6 +23,7 @@ from torchani.nn import ANINetworks, Ensemble
 
 from invcalc.elements import PADDING, UnsupportedElementError, index_table, symbol_of
 from invcalc.elements import symbols_to_numbers
+from invcalc.fused import FusedCache, FusedEnsemble
 from invcalc.neighbors import NeighborMethod, PairList, find_pairs, pair_geometry
 from invcalc.spec import FeatureSpec, ModelSpec, NetworkSpec, aev_length
 from invcalc.spec import build_aev_computer, build_networks, spec_from_modules
@@ -74,6 +75,7 @@ class InvariantPotential(torch.nn.Module):
         self.neighbor_method: NeighborMethod = "auto"
         #: Free-form metadata (reference method, training info) read from a model file.
         self.metadata: dict[str, tp.Any] = {}
+        self._fused = FusedCache()
 
     # ---- construction -------------------------------------------------------------
 
@@ -194,7 +196,16 @@ class InvariantPotential(torch.nn.Module):
         exact = self.self_energies
         out = super()._apply(fn, recurse)
         self.self_energies = exact.to(device=self.self_energies.device)
+        self._fused.clear()
         return out
+
+    def fused_networks(self) -> FusedEnsemble:
+        """The networks with ensemble members stacked for inference (``invcalc.fused``).
+
+        Derived from the current weights and rebuilt when they change; gradients reach
+        the inputs, not the parameters.
+        """
+        return self._fused.get(self.networks, self.elements)
 
     # ---- evaluation -----------------------------------------------------------------
 
