@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from ase import Atoms
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
+from ase.calculators.calculator import equal
 from ase.stress import full_3x3_to_voigt_6_stress
 
 from invcalc import engine
@@ -98,9 +99,26 @@ class InvCalc(Calculator):
     # ---- ASE interface --------------------------------------------------------------
 
     def check_state(self, atoms: Atoms, tol: float = 1e-15) -> list[str]:
-        """ASE's changes, plus ``"charge"`` when ``atoms.info['charge']`` changed."""
-        changes = super().check_state(atoms, tol)
-        if self.atoms is not None and self.atoms.info.get("charge") != atoms.info.get("charge"):
+        """ASE's changes, plus ``"charge"`` when ``atoms.info['charge']`` changed.
+
+        Same answer as ASE's ``compare_atoms``, which compares every array with
+        ``numpy.isclose``; arrays that are bitwise equal are skipped first (cheaper).
+        """
+        old = self.atoms
+        if old is None:
+            return super().check_state(atoms, tol)
+        changes = []
+        for prop in ("cell", "pbc"):
+            a, b = np.asarray(getattr(old, prop)), np.asarray(getattr(atoms, prop))
+            if not (a.shape == b.shape and np.array_equal(a, b)) and not equal(a, b, atol=tol):
+                changes.append(prop)
+        checked = set(all_changes) - {"cell", "pbc"} - set(self.ignored_changes)
+        changes += sorted(checked & (set(old.arrays) ^ set(atoms.arrays)))
+        for prop in checked & set(old.arrays) & set(atoms.arrays):
+            a, b = old.arrays[prop], atoms.arrays[prop]
+            if not (a.shape == b.shape and np.array_equal(a, b)) and not equal(a, b, atol=tol):
+                changes.append(prop)
+        if old.info.get("charge") != atoms.info.get("charge"):
             changes.append("charge")
         return changes
 

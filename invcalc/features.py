@@ -35,15 +35,18 @@ from torchani.neighbors import Neighbors, neighbors_to_triples
 
 #: Pairs or triples per chunk: bounds the memory of the (chunk, features) terms.
 CHUNK = 1 << 18
+#: Largest system (pairs or triples) whose intermediates are kept for the gradient
+#: (about 120 bytes per triple); larger ones are recomputed chunk by chunk.
+KEEP = 1 << 21
 
 
 class Triples(tp.NamedTuple):
     """Angular structures of the pairs now within the angular cutoff.
 
-    ``inside``: (C,) which angular candidates they are (the reuse key); ``pairs``:
-    (Pa,) their indices in the pair list; ``tri``: (2, T) the two sides of each
-    triple, indices into ``pairs``; ``sign``: (T,) product of the sides' direction
-    signs (+-1, float); ``rows``: (T,) rows of the (N*E2', A) angular table.
+    ``inside``: (C,) which angular candidates are inside (the reuse key); ``pairs``:
+    (C,) the candidates' indices in the pair list; ``tri``: (2, T) the two sides of
+    each triple, indices into ``pairs``; ``sign``: (T,) product of the sides' direction
+    signs (+-1, model dtype); ``rows``: (T,) rows of the (N*E2', A) angular table.
     """
 
     inside: Tensor
@@ -60,9 +63,9 @@ class AEVPlan:
     radial table that pair p adds to (atom i, element of j) and (atom j, element of
     i); ``candidates``: (C,) pairs that may come within the angular cutoff (they were
     within it + skin); ``masked``: whether pairs beyond the radial cutoff may be
-    present.  Triples are rebuilt only when the set of candidates inside the angular
-    cutoff changes (rarely for a molecule, often for a large system -- then cheaper
-    than carrying every triple of the skin).
+    present.  Triples of candidates both inside the angular cutoff are selected anew
+    only when that set changes (rarely for a molecule; for a large system nearly every
+    call -- a filter, cheaper than computing every triple of the skin).
 
     Features are *compact*: only the blocks of the ``present`` elements (and element
     pairs) are stored, E' = len(present) and E2' = E'(E'+1)/2 -- the others are zero
@@ -88,27 +91,64 @@ class AEVPlan:
         self.candidates = (distances <= aev.angular.cutoff + skin).nonzero().flatten()
         self.masked = skin > 0
         self._triples: Triples | None = None
+        self._all: Triples | None = None
+        ang = aev.angular
+        self.dtype = distances.dtype
+        self.zeta = float(ang.zeta)
+        sections = ang.sections.to(distances.dtype)
+        #: (2, Z) 0.5 [cos theta_z; sin theta_z], its (Z, 2) transpose and (1, Z) 0.5s
+        self.trig = 0.5 * torch.stack((torch.cos(sections), torch.sin(sections)))
+        self.trig_t = 2 * self.trig.T.contiguous()
+        self.half = torch.full_like(self.trig[:1], 0.5)
 
     def triples(self, inside: Tensor) -> Triples:
-        """Triples of the candidates flagged ``inside`` (C,) the angular cutoff."""
+        """Triples of the candidates flagged ``inside`` (C,) the angular cutoff.
+
+        The triples of all candidates are built once (torchani's
+        ``neighbors_to_triples``); each call keeps those whose two pairs are inside,
+        and reuses the last answer while the flags do not change.
+        """
         last = self._triples
         if last is not None and torch.equal(last.inside, inside):
             return last
-        pairs = self.candidates[inside]
-        idx = torch.stack((self.i[pairs], self.j[pairs]))
-        zeros = inside.new_zeros(pairs.shape[0], dtype=torch.float32)
-        tri = neighbors_to_triples(Neighbors(idx, zeros, zeros.new_zeros(zeros.shape[0], 3)))
-        # the side atom of a triple is its pair's other atom than the central one
-        pair_elem = self.elem[idx]  # (2, Pa)
-        side_elem = torch.where(
-            tri.diff_signs == 1, pair_elem[1][tri.side_idxs], pair_elem[0][tri.side_idxs]
-        )
-        rows = tri.central_idxs * self.num_species_pairs + self._triu[
-            side_elem[0], side_elem[1]
-        ]
-        sign = tri.diff_signs[0] * tri.diff_signs[1]
-        self._triples = Triples(inside, pairs, tri.side_idxs, sign, rows)
+        if self._all is None and last is None:  # first use: only the triples inside
+            self._triples = _triples(self, self.candidates[inside], inside)
+            return self._triples
+        full = self._candidate_triples()
+        if bool(inside.all()):
+            keep = None
+        else:
+            keep = (inside[full.tri[0]] & inside[full.tri[1]]).nonzero().flatten()
+        if keep is None:
+            self._triples = full._replace(inside=inside)
+        else:
+            self._triples = Triples(
+                inside, full.pairs, full.tri.index_select(1, keep),
+                full.sign.index_select(0, keep), full.rows.index_select(0, keep),
+            )
         return self._triples
+
+    def _candidate_triples(self) -> Triples:
+        if self._all is None:
+            inside = torch.ones_like(self.candidates, dtype=torch.bool)
+            self._all = _triples(self, self.candidates, inside)
+        return self._all
+
+
+def _triples(plan: AEVPlan, pairs: Tensor, inside: Tensor) -> Triples:
+    """Triples of ``pairs`` (indices into the pair list) by torchani's
+    ``neighbors_to_triples``, with their angular-table rows."""
+    idx = torch.stack((plan.i[pairs], plan.j[pairs]))
+    zeros = torch.zeros(pairs.shape[0], device=pairs.device)
+    tri = neighbors_to_triples(Neighbors(idx, zeros, zeros.new_zeros(zeros.shape[0], 3)))
+    # the side atom of a triple is its pair's other atom than the central one
+    pair_elem = plan.elem[idx]  # (2, Pa)
+    side_elem = torch.where(
+        tri.diff_signs == 1, pair_elem[1][tri.side_idxs], pair_elem[0][tri.side_idxs]
+    )
+    rows = tri.central_idxs * plan.num_species_pairs + plan._triu[side_elem[0], side_elem[1]]
+    sign = (tri.diff_signs[0] * tri.diff_signs[1]).to(plan.dtype)
+    return Triples(inside, pairs, tri.side_idxs, sign, rows)
 
 
 def check_terms(aev: AEVComputer) -> None:
@@ -160,13 +200,19 @@ def _floor(dtype: torch.dtype) -> float | None:
     return _FLUSH32 if torch.finfo(dtype).bits <= 32 else None
 
 
+#: Tensors smaller than this are not flushed: the few subnormals cost less than the check.
+_FLUSH_MIN = 4096
+
+
 def _flush(x: Tensor, floor: float | None) -> Tensor:
-    return x if floor is None else x.masked_fill_(x < floor, 0.0)
+    if floor is None or x.numel() < _FLUSH_MIN:
+        return x
+    return x.masked_fill_(x < floor, 0.0)
 
 
 def _exp(arg: Tensor, floor: float | None) -> Tensor:
     """exp(arg), flushed to 0 below ``floor`` without computing subnormal results."""
-    if floor is None:
+    if floor is None or arg.numel() < _FLUSH_MIN:
         return torch.exp(arg)
     lo = math.log(floor)
     return torch.exp(arg.clamp(min=lo)).masked_fill_(arg < lo, 0.0)
@@ -192,14 +238,14 @@ def _cutoff(fn: torch.nn.Module, d: Tensor, rc: float, masked: bool) -> tuple[Te
             value = fn(x, rc)
             (slope,) = torch.autograd.grad(value.sum(), x)
         fc = _flush(value.detach(), floor)
-    if masked:
-        inside = d <= rc
-        fc, slope = torch.where(inside, fc, 0.0), torch.where(inside, slope, 0.0)
+    if masked:  # torchani keeps pairs with d <= rc
+        outside = d > rc
+        fc, slope = fc.masked_fill(outside, 0.0), slope.masked_fill(outside, 0.0)
     return fc, slope
 
 
 class _Radial(tp.NamedTuple):
-    terms: Tensor  # (P, R)
+    terms: Tensor | None  # (P, R), dropped once summed
     gauss: Tensor  # (P, R) exp(-eta x^2)
     x: Tensor  # (P, R) r - s_k
     fc: Tensor  # (P,)
@@ -222,7 +268,7 @@ def _radial_grad(aev: AEVComputer, r: _Radial, g_terms: Tensor) -> Tensor:
 
 
 class _Angular(tp.NamedTuple):
-    terms: Tensor  # (T, S*Z)
+    terms: Tensor | None  # (T, S*Z), None when only the gradient is wanted
     a: Tensor  # (T,) first side, index into the angular pairs
     b: Tensor  # (T,) second side
     d0: Tensor  # (T,) side lengths
@@ -253,7 +299,8 @@ def _power(base: Tensor, zeta: float, floor: float | None) -> Tensor:
 
 
 def _angular(
-    aev: AEVComputer, diff_a: Tensor, d_a: Tensor, fc_a: Tensor, tri: Tensor, sign: Tensor
+    aev: AEVComputer, plan: AEVPlan, diff_a: Tensor, d_a: Tensor, fc_a: Tensor, tri: Tensor,
+    sign: Tensor, terms: bool = True,
 ) -> _Angular:
     """Angular terms of triples ``tri`` (2, T) over the angular pairs (Pa, 3).
 
@@ -268,22 +315,23 @@ def _angular(
     cos = dot / torch.clamp(d0 * d1, min=1e-10)
     u = 0.95 * cos
     sin = torch.sqrt(1 - u * u)
-    trig = 0.5 * torch.stack((torch.cos(ang.sections), torch.sin(ang.sections)))  # (2, Z)
-    base = torch.addmm(trig.new_full((1, trig.shape[1]), 0.5), torch.stack((u, sin), 1), trig)
-    angular = 2 * _power(base, float(ang.zeta), floor)  # (T, Z)
+    base = torch.addmm(plan.half, torch.stack((u, sin), 1), plan.trig)  # (T, Z)
+    angular = 2 * _power(base, plan.zeta, floor)  # (T, Z)
     x = (d0 + d1).unsqueeze(-1) / 2 - ang.shifts
     gauss = _exp(-ang.eta * x * x, floor)  # (T, S)
     fc0, fc1 = fc_a.index_select(0, a), fc_a.index_select(0, b)
     fcfc = _flush(fc0 * fc1, floor)
-    radial = _flush(gauss * fcfc.unsqueeze(-1), floor)
-    terms = (radial.unsqueeze(2) * angular.unsqueeze(1)).flatten(1)
+    out = None
+    if terms:
+        radial = _flush(gauss * fcfc.unsqueeze(-1), floor)
+        out = (radial.unsqueeze(2) * angular.unsqueeze(1)).flatten(1)
     return _Angular(
-        terms, a, b, d0, d1, cos, sin, base, angular, gauss, x, fc0, fc1, fcfc
+        out, a, b, d0, d1, cos, sin, base, angular, gauss, x, fc0, fc1, fcfc
     )
 
 
 def _angular_grad(
-    aev: AEVComputer, t: _Angular, g_terms: Tensor, slope_a: Tensor, diff_a: Tensor,
+    aev: AEVComputer, plan: AEVPlan, t: _Angular, g_terms: Tensor, slope_a: Tensor, diff_a: Tensor,
     sign: Tensor, gd_a: Tensor, gv_a: Tensor,
 ) -> None:
     """Add dE/dr (into gd_a (Pa,)) and the remaining dE/dd (gv_a (Pa, 3)) of the
@@ -296,10 +344,9 @@ def _angular_grad(
     g_mean = -2 * ang.eta * t.fcfc * (g_rad * t.x).sum(-1)
     # dA_z/dcos = zeta A_z / (2 base_z) * 0.95 (cos theta_z - (u / sin) sin theta_z)
     q = g_ang * t.angular / t.base.clamp(min=1e-30)
-    trig = torch.stack((torch.cos(ang.sections), torch.sin(ang.sections)), 1)  # (Z, 2)
-    qc = q @ trig  # (T, 2)
+    qc = q @ plan.trig_t  # (T, 2): sums with cos theta_z and sin theta_z
     u = 0.95 * t.cos
-    g_cos = (0.475 * float(ang.zeta)) * (qc[:, 0] - u / t.sin * qc[:, 1])
+    g_cos = (0.475 * plan.zeta) * (qc[:, 0] - u / t.sin * qc[:, 1])
     prod = t.d0 * t.d1
     live = prod > 1e-10
     g_dot = torch.where(live, g_cos / prod, 0.0)
@@ -320,12 +367,13 @@ def _spans(total: int, chunk: int) -> list[tuple[int, int]]:
 
 class Saved(tp.NamedTuple):
     """What ``aev_grad`` reuses from ``aevs``: distances, the triples, and the terms'
-    intermediates when the system was small enough to keep them (else None)."""
+    intermediates per chunk when the system was small enough to keep them (else
+    None)."""
 
     d: Tensor
     triples: Triples
-    radial: _Radial | None
-    angular: _Angular | None
+    radial: list[_Radial] | None
+    angular: list[_Angular] | None
     slope_a: Tensor | None
 
 
@@ -334,7 +382,7 @@ def aevs(
 ) -> tuple[Tensor, Saved]:
     """Compact AEVs (N, F') from the pair vectors ``diff`` (P, 3) Å of ``plan``.
 
-    ``keep``: keep the terms' intermediates for ``aev_grad`` (if within one chunk).
+    ``keep``: keep the terms' intermediates for ``aev_grad`` (up to ``KEEP``).
     """
     n, rca = plan.num_atoms, aev.angular.cutoff
     d = diff.norm(2, -1)
@@ -343,18 +391,23 @@ def aevs(
     angular = diff.new_zeros(n * plan.num_species_pairs, aev.angular.num_feats)
     diff_a, d_a = diff.index_select(0, trip.pairs), d.index_select(0, trip.pairs)
     fc_a, slope_a = _cutoff(aev.angular.cutoff_fn, d_a, rca, False)
-    sign = trip.sign.to(diff.dtype)
-    keep = keep and max(d.shape[0], trip.tri.shape[1]) <= chunk
+    sign = trip.sign
+    keep = keep and max(d.shape[0], trip.tri.shape[1]) <= KEEP
+    kept_r, kept_a = [], []
     for lo, hi in _spans(d.shape[0], chunk):
         r = _radial(aev, d[lo:hi], plan.masked)
         radial.index_add_(0, plan.radial_rows[0, lo:hi], r.terms)
         radial.index_add_(0, plan.radial_rows[1, lo:hi], r.terms)
+        if keep:
+            kept_r.append(r._replace(terms=None))
     for lo, hi in _spans(trip.tri.shape[1], chunk):
-        t = _angular(aev, diff_a, d_a, fc_a, trip.tri[:, lo:hi], sign[lo:hi])
+        t = _angular(aev, plan, diff_a, d_a, fc_a, trip.tri[:, lo:hi], sign[lo:hi])
         angular.index_add_(0, trip.rows[lo:hi], t.terms)
+        if keep:
+            kept_a.append(t._replace(terms=None))
     out = torch.cat((radial.view(n, -1), angular.view(n, -1)), dim=-1)
     if keep:
-        return out, Saved(d, trip, r, t, slope_a)
+        return out, Saved(d, trip, kept_r, kept_a, slope_a)
     return out, Saved(d, trip, None, None, None)
 
 
@@ -372,8 +425,11 @@ def aev_grad(
     g_ang = grad_aevs[:, radial_len:].reshape(n * plan.num_species_pairs, -1)
     d, trip = saved.d, saved.triples
     gd = torch.empty_like(d)
-    for lo, hi in _spans(d.shape[0], chunk):
-        r = saved.radial if saved.radial is not None else _radial(aev, d[lo:hi], plan.masked)
+    for k, (lo, hi) in enumerate(_spans(d.shape[0], chunk)):
+        if saved.radial is not None:
+            r = saved.radial[k]
+        else:
+            r = _radial(aev, d[lo:hi], plan.masked)
         rows = plan.radial_rows[:, lo:hi]
         g_terms = g_rad.index_select(0, rows[0]) + g_rad.index_select(0, rows[1])
         gd[lo:hi] = _radial_grad(aev, r, g_terms)
@@ -382,14 +438,17 @@ def aev_grad(
         fc_a, slope_a = d_a, saved.slope_a  # fc_a unused: the terms are saved
     else:
         fc_a, slope_a = _cutoff(aev.angular.cutoff_fn, d_a, aev.angular.cutoff, False)
-    sign = trip.sign.to(diff.dtype)
+    sign = trip.sign
     gd_a, gv_a = torch.zeros_like(d_a), torch.zeros_like(diff_a)
-    for lo, hi in _spans(trip.tri.shape[1], chunk):
-        t = saved.angular
-        if t is None:
-            t = _angular(aev, diff_a, d_a, fc_a, trip.tri[:, lo:hi], sign[lo:hi])
+    for k, (lo, hi) in enumerate(_spans(trip.tri.shape[1], chunk)):
+        if saved.angular is not None:
+            t = saved.angular[k]
+        else:
+            t = _angular(
+                aev, plan, diff_a, d_a, fc_a, trip.tri[:, lo:hi], sign[lo:hi], terms=False
+            )
         g_terms = g_ang.index_select(0, trip.rows[lo:hi])
-        _angular_grad(aev, t, g_terms, slope_a, diff_a, sign[lo:hi], gd_a, gv_a)
+        _angular_grad(aev, plan, t, g_terms, slope_a, diff_a, sign[lo:hi], gd_a, gv_a)
     gd.index_add_(0, trip.pairs, gd_a)
     grad = diff * torch.where(d > 0, gd / d, 0.0).unsqueeze(-1)
     return grad.index_add_(0, trip.pairs, gv_a)

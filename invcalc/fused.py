@@ -33,6 +33,10 @@ from torchani.nn._core import TightCELU
 from torchani.nn._infer import BmmAtomicNetwork
 
 
+#: Atoms per network pass: larger systems run in blocks whose activations stay in cache.
+BLOCK = 512
+
+
 class _Element(tp.NamedTuple):
     """One element's stacked networks, L layers: ``weights[k]`` (M, in, out),
     ``weights_t[k]`` (M, out, in) contiguous for the backward sweep, ``biases[k]``
@@ -110,11 +114,10 @@ class FusedEnsemble:
         start = 0
         elements = self.elements if compact is None else self.compact(*compact)
         for net, n in zip(elements, counts):
-            if n == 0:
-                continue
-            out, g = self._element(net, aevs[start:start + n], grad)
-            outs.append(out)
-            grads.append(g)
+            for lo in range(start, start + n, BLOCK):  # blocks stay in cache
+                out, g = self._element(net, aevs[lo:min(lo + BLOCK, start + n)], grad)
+                outs.append(out)
+                grads.append(g)
             start += n
         if not outs:
             empty = aevs.new_zeros(self.members, 0)
@@ -194,17 +197,13 @@ class _Key:
         self.params = [p for _, _, p in owned]
         # views keep the old storages alive, so no new tensor can reuse their address
         self.views = [p.detach() for p in self.params]
-        self.versions = [p._version for p in self.params]
+        self.state = [(p._version, p.data_ptr()) for p in self.params]
 
     def matches(self, networks: Ensemble, extra: tuple[tp.Any, ...]) -> bool:
         if networks is not self.networks or extra != self.extra:
             return False
-        for (params, name), p, v, version in zip(
-            self.owners, self.params, self.views, self.versions
-        ):
-            if params.get(name) is not p or p._version != version:
-                return False
-            if p.data_ptr() != v.data_ptr():
+        for (params, name), p, state in zip(self.owners, self.params, self.state):
+            if params.get(name) is not p or (p._version, p.data_ptr()) != state:
                 return False
         return True
 
