@@ -44,7 +44,8 @@ class SamplingSpec:
 
     def key(self) -> str:
         blob = json.dumps({**dataclasses.asdict(self), "version": DATA_VERSION}, sort_keys=True)
-        return f"{self.molecule}_n{self.n}_s{self.seed}_{hashlib.sha1(blob.encode()).hexdigest()[:8]}"
+        digest = hashlib.sha1(blob.encode()).hexdigest()[:8]
+        return f"{self.molecule}_n{self.n}_s{self.seed}_{digest}"
 
 
 @dataclasses.dataclass

@@ -13,12 +13,22 @@ from _ib_data import TRANSFORMS
 LABELS = {
     "raw": "raw coordinates (MLP)",
     "augmented": "augmented (MLP + random rotations/permutations)",
+    "augmented_b256": "augmented, batch 256 (8x the structures per step)",
+    "augmented_forces_b256": "augmented, batch 256 (8x the structures per step)",
     "descriptor": "sorted inverse distances (MLP)",
     "invariant": "invariant (InvariantPotential, AEV)",
     "invariant_forces": "invariant, energies + forces",
     "raw_forces": "raw coordinates (MLP)",
     "augmented_forces": "augmented (MLP + random rotations/permutations)",
     "descriptor_forces": "sorted inverse distances (MLP)",
+}
+STYLES: dict[str, dict[str, tp.Any]] = {
+    "raw": {"color": "C0"},
+    "augmented": {"color": "C1"},
+    "augmented_b256": {"color": "C1", "ls": "--", "mfc": "white"},
+    "descriptor": {"color": "C2"},
+    "invariant": {"color": "C3"},
+    "invariant_forces": {"color": "C4", "ls": "--", "mfc": "white"},
 }
 TRANSFORM_TITLES = {"identity": "unchanged", "translated": "translated", "rotated": "rotated",
                     "permuted": "permuted", "combined": "all combined"}
@@ -40,6 +50,8 @@ def _headline(per_seed: dict[int, dict]) -> dict[str, tp.Any]:
     out["invariance_error_mean_eV"] = mean(lambda r: r["invariance_error_mean_eV"])
     out["invariance_error_float64_eV"] = float(
         max(r["invariance_error_float64_eV"] for r in runs))
+    out["train_mae_eV"] = mean(lambda r: r["train_mae_eV"])
+    out["final_train_loss"] = mean(lambda r: r["final_train_loss"])
     out["force_mae_eVA"] = mean(lambda r: r["by_transform"]["identity"]["force_mae_eVA"])
     out["force_mae_rotated_eVA"] = mean(lambda r: r["by_transform"]["rotated"]["force_mae_eVA"])
     out["by_transform"] = {
@@ -48,7 +60,8 @@ def _headline(per_seed: dict[int, dict]) -> dict[str, tp.Any]:
         for t in TRANSFORMS}
     first = runs[0]
     out.update(trained_on=first["trained_on"], n_parameters=first["n_parameters"],
-               lr=first["lr"], train_time_s=mean(lambda r: r["train_time_s"]),
+               lr=first["lr"], batch_size=first["batch_size"],
+               train_time_s=mean(lambda r: r["train_time_s"]),
                n_seeds=len(runs), seeds=sorted(per_seed))
     return out
 
@@ -66,55 +79,57 @@ def power_law(sizes: tp.Sequence[int], errors: tp.Sequence[float]) -> dict[str, 
     return {"exponent": float(b), "prefactor": float(math.exp(a))}
 
 
-def _size_reaching(sizes, errors, target: float) -> float | None:
-    """Smallest N where the (log-log interpolated) curve first drops to ``target``."""
+def _size_reaching(sizes, errors, target: float) -> tuple[float, bool] | None:
+    """Smallest N at which the (log-log interpolated) curve first drops to ``target``,
+    and whether that is only a bound (already below it at the smallest size)."""
     if errors[0] <= target:
-        return float(sizes[0])
+        return float(sizes[0]), errors[0] < target
     for (n0, e0), (n1, e1) in zip(zip(sizes, errors), zip(sizes[1:], errors[1:])):
         if e1 <= target < e0:
             w = (math.log(e0) - math.log(target)) / (math.log(e0) - math.log(e1))
-            return float(math.exp(math.log(n0) + w * (math.log(n1) - math.log(n0))))
+            return float(math.exp(math.log(n0) + w * (math.log(n1) - math.log(n0)))), False
     return None
 
 
 def data_efficiency(curves: dict[str, dict], sizes, mean_mae: float,
                     reference: str = "invariant") -> dict[str, tp.Any]:
-    """How many times more data a model needs than ``reference`` for the same rotated MAE.
+    """How many times more training data a model needs than ``reference`` for the same
+    rotated-test MAE, read off the measured curves (log-log interpolation, no
+    extrapolation).
 
-    Read off at the model's error with the most data, eps = err(N_max): the reference
-    reaches eps at N_ref (log-log interpolation of its measured curve); factor =
-    N_max / N_ref.  When the reference is already better at its smallest size, the
-    factor is only bounded (>= N_max / N_min) and the reference's power-law fit
-    extrapolates N_ref below the measured range (``power_law_factor``).
+    At the largest size N_max the worse of the two curves sets the target error eps; the
+    better one reaches eps at some N <= N_max.  factor = N_model(eps) / N_ref(eps): > 1
+    when the model needs more data, < 1 when it needs less.  When the better curve is
+    below eps already at the smallest size, only a bound is known (``bound``: ">=" or
+    "<=").  A model worse than predicting the mean at N_max gets no factor.
     """
     ref = curves[reference]["mae_rotated_eV"]["mean"]
-    fit = power_law(sizes, ref)
+    n_max = sizes[-1]
     out: dict[str, tp.Any] = {"reference": reference, "test_set": "rotated"}
     for name, c in curves.items():
         if name == reference:
             continue
         err = c["mae_rotated_eV"]["mean"]
-        eps, n_max = err[-1], sizes[-1]
-        entry: dict[str, tp.Any] = {"error_at_max_size_eV": eps, "max_size": n_max}
-        if eps >= mean_mae:
-            entry.update(factor=None, note="worse than predicting the mean at every size: "
-                         "more data does not help on rotated inputs")
-        else:
-            n_ref = _size_reaching(sizes, ref, eps)
-            extrapolated = fit["exponent"] < 0 and n_ref == sizes[0]
-            pl = (eps / fit["prefactor"]) ** (1 / fit["exponent"]) if fit["exponent"] < 0 else None
-            entry.update(
-                reference_size_eV_matched=n_ref,
-                factor=None if n_ref is None else n_max / n_ref,
-                factor_is_lower_bound=bool(extrapolated),
-                power_law_factor=None if pl is None else n_max / pl,
-            )
+        entry: dict[str, tp.Any] = {"error_at_max_size_eV": err[-1],
+                                    "reference_error_at_max_size_eV": ref[-1],
+                                    "max_size": n_max}
+        if err[-1] >= mean_mae:
+            entry.update(factor=None, bound=None, note="worse than predicting the mean: more "
+                         "data does not help on rotated inputs")
+        elif err[-1] >= ref[-1]:  # the model is worse: where does the reference get there?
+            n_ref, is_bound = _size_reaching(sizes, ref, err[-1])  # type: ignore[misc]
+            entry.update(target_error_eV=err[-1], factor=n_max / n_ref,
+                         bound=">=" if is_bound else None)
+        else:  # the model is better: where does it reach the reference's best error?
+            n_model, is_bound = _size_reaching(sizes, err, ref[-1])  # type: ignore[misc]
+            entry.update(target_error_eV=ref[-1], factor=n_model / n_max,
+                         bound="<=" if is_bound else None)
         out[name] = entry
     return out
 
 
 def aggregate(runs: dict[str, dict[int, dict[int, dict]]], sizes, seeds, headline_size,
-              mean_mae: float | None = None) -> dict[str, tp.Any]:
+              mean_mae: float | None = None, reference: str = "invariant") -> dict[str, tp.Any]:
     """Headline (mean over seeds at ``headline_size``) and learning curves."""
     headline = {name: _headline(r[headline_size]) for name, r in runs.items()}
     curves = {
@@ -132,8 +147,8 @@ def aggregate(runs: dict[str, dict[int, dict[int, dict]]], sizes, seeds, headlin
     if len(sizes) >= 2:
         lc["power_law"] = {n: power_law(sizes, c["mae_rotated_eV"]["mean"])
                            for n, c in curves.items()}
-        if mean_mae is not None and "invariant" in curves:
-            lc["data_efficiency"] = data_efficiency(curves, sizes, mean_mae)
+        if mean_mae is not None and reference in curves:
+            lc["data_efficiency"] = data_efficiency(curves, sizes, mean_mae, reference)
     return {"headline": headline, "learning_curves": lc}
 
 
@@ -146,21 +161,44 @@ def _mev(x: float) -> str:
 
 
 def _model_table(models: dict[str, dict]) -> list[str]:
-    head = ("| model | trained on | " + " | ".join(TRANSFORM_TITLES[t] for t in TRANSFORMS)
+    head = ("| model | trained on | train set | "
+            + " | ".join(TRANSFORM_TITLES[t] for t in TRANSFORMS)
             + " | invariance error (eV), float32 / float64 | force MAE, rotated (eV/Å) |")
-    lines = [head, "|" + "---|" * (len(TRANSFORMS) + 4)]
+    lines = [head, "|" + "---|" * (len(TRANSFORMS) + 5)]
     for name, m in models.items():
         cells = [_mev(m["by_transform"][t]["energy_mae_eV"]) for t in TRANSFORMS]
-        lines.append(f"| {LABELS.get(name, name)} | {m['trained_on']} | " + " | ".join(cells)
+        lines.append(f"| {LABELS.get(name, name)} | {m['trained_on']} | "
+                     f"{_mev(m['train_mae_eV'])} | " + " | ".join(cells)
                      + f" | {m['invariance_error_eV']:.1e} / {m['invariance_error_float64_eV']:.0e}"
                      f" | {m['force_mae_rotated_eVA']:.3f} |")
     return lines
 
 
-def _ratios(models: dict[str, dict], ref: str = "invariant") -> list[str]:
+def _ratios(models: dict[str, dict], ref: str) -> list[str]:
     r = models[ref]["test_mae_rotated_eV"]
     return [f"- rotated-test MAE ratio {n} / {ref}: **{m['test_mae_rotated_eV'] / r:,.1f}x**"
             for n, m in models.items() if n != ref]
+
+
+def _data_note(result: dict[str, tp.Any]) -> str:
+    parts = [result[m] for m in ("water", "ethanol") if m in result]
+    if all(p["data_from_cache"] for p in parts):
+        return "with the GFN2-xTB data read from the cache"
+    return "including " + " and ".join(
+        f"{p['data_time_s']:.0f} s to sample and label the {p['molecule']} data"
+        for p in parts if not p["data_from_cache"])
+
+
+def _sampling_note(result: dict[str, tp.Any]) -> str:
+    sp = result["water"]["sampling"]
+    temps = "/".join(f"{t:g}" for t in sp["temperatures_K"])
+    pools = " and ".join(f"{result[m]['pool']} {m}" for m in ("water", "ethanol") if m in result)
+    return (f"Data: {pools} conformations, {sp['md_fraction']:.0%} from "
+            f"xTB Langevin MD at {temps} K (a frame every {sp['stride']} steps of "
+            f"{sp['timestep_fs']} fs), the rest MD frames displaced by Gaussian noise of "
+            f"{sp['displacement_sigma']} Å; every conformation centred and Kabsch-aligned to "
+            f"one orientation with one atom order; random split into test, validation and "
+            f"training pool (nested training subsets per seed).")
 
 
 def markdown(result: dict[str, tp.Any], png_name: str | None = None) -> str:
@@ -170,11 +208,14 @@ def markdown(result: dict[str, tp.Any], png_name: str | None = None) -> str:
     lines = [
         "# Invariance as inductive bias, measured",
         "",
-        f"`benchmarks/inductive_bias.py` ({s['mode']} mode): {s['steps']} Adam steps of "
-        f"{s['batch_size']} structures (cosine decay), hidden layers {s['hidden']}, float32, "
+        f"`benchmarks/inductive_bias.py` ({s['mode']} mode): every model {s['steps']} Adam "
+        f"steps of 32 structures (cosine decay; the `_b256` ablations 256), hidden layers "
+        f"{s['hidden']}, float32, "
         f"{s['torch_threads']} torch thread(s), OMP_NUM_THREADS={s['OMP_NUM_THREADS']}; "
-        f"wall time **{result['wall_time_s'] / 60:.1f} min** for the whole run "
-        f"(data generation included unless cached).",
+        f"wall time **{result['wall_time_s'] / 60:.1f} min** for the whole run, "
+        + _data_note(result) + ".",
+        "",
+        _sampling_note(result),
         "",
         f"## Water (GFN2-xTB), {s['headline_size']} training structures, "
         f"{seeds} seed{'s' if seeds > 1 else ''}",
@@ -185,38 +226,40 @@ def markdown(result: dict[str, tp.Any], png_name: str | None = None) -> str:
         "",
         *_model_table(result["models"]),
         "",
-        *_ratios(result["models"]),
+        *_ratios(result["models"], w["reference"]),
     ]
     lc = result["learning_curves"]
     if len(lc["sizes"]) >= 2:
         names = list(lc["models"])
+        k = len(lc["seeds"])
         lines += ["", f"## Learning curves: rotated-test energy MAE (meV), mean ± std over "
-                  f"{len(lc['seeds'])} seeds", "",
+                  f"{k} seed{'s' if k > 1 else ''}", "",
                   "| N | " + " | ".join(names) + " |", "|" + "---|" * (len(names) + 1)]
         for i, n in enumerate(lc["sizes"]):
-            cells = [f"{_mev(c['mae_rotated_eV']['mean'][i])} ± {_mev(c['mae_rotated_eV']['std'][i])}"
-                     for c in lc["models"].values()]
+            cells = [f"{_mev(c['mae_rotated_eV']['mean'][i])} ± "
+                     f"{_mev(c['mae_rotated_eV']['std'][i])}" for c in lc["models"].values()]
             lines.append(f"| {n} | " + " | ".join(cells) + " |")
         lines += ["", "Power-law fits (MAE ∝ N^b): " + ", ".join(
             f"{n} b = {p['exponent']:.2f}" for n, p in lc["power_law"].items()) + "."]
         de = lc.get("data_efficiency")
         if de:
-            lines += ["", "Data-efficiency factor (training data a model needs / what the "
-                      "invariant model needs for the same rotated-test MAE):", ""]
+            lines += ["", f"Data-efficiency factor: training data a model needs / data the "
+                      f"{de['reference']} model needs for the same rotated-test MAE, read off "
+                      f"the curves at N = {lc['sizes'][-1]} (see `data_efficiency` in "
+                      f"`_ib_report.py`):", ""]
             for n, e in de.items():
                 if not isinstance(e, dict):
                     continue
                 if e["factor"] is None:
-                    lines.append(f"- {n}: n/a ({e.get('note', 'not reached')})")
+                    lines.append(f"- {n}: none ({e['note']})")
                 else:
-                    bound = "≥ " if e["factor_is_lower_bound"] else ""
-                    pl = e["power_law_factor"]
-                    lines.append(f"- {n}: {bound}{e['factor']:,.0f}x (its MAE at N = "
-                                 f"{e['max_size']}, {_mev(e['error_at_max_size_eV'])} meV"
-                                 + (f"; power-law extrapolation of the invariant curve: "
-                                    f"~{pl:,.0f}x)" if pl else ")"))
+                    f = e["factor"]
+                    txt = f"{f:,.0f}x" if f >= 1 else f"1/{1 / f:,.0f}"
+                    lines.append(f"- {n}: {e['bound'] or ''} {txt} (at "
+                                 f"{_mev(e['target_error_eV'])} meV)".replace(":  ", ": "))
     if png_name:
-        lines += ["", f"![learning curves]({png_name})"]
+        alt = "learning curves" if len(result["learning_curves"]["sizes"]) > 1 else "results"
+        lines += ["", f"![{alt}]({png_name})"]
     if "ethanol" in result:
         e = result["ethanol"]
         n_seeds = next(iter(e["models"].values()))["n_seeds"]
@@ -224,7 +267,7 @@ def markdown(result: dict[str, tp.Any], png_name: str | None = None) -> str:
                   f"{n_seeds} seed{'s' if n_seeds > 1 else ''}", ""]
         lines += [f"Energy MAE in meV; predicting the mean gives "
                   f"{_mev(e['mean_predictor_mae_eV'])} meV.", "",
-                  *_model_table(e["models"]), "", *_ratios(e["models"])]
+                  *_model_table(e["models"]), "", *_ratios(e["models"], e["reference"])]
     if "lr_sweep" in w:
         sw = w["lr_sweep"]
         lines += ["", f"Learning rates: chosen per model on {w['n_val']} untransformed "
@@ -242,6 +285,7 @@ def markdown(result: dict[str, tp.Any], png_name: str | None = None) -> str:
 
 def plot(result: dict[str, tp.Any], path: Path) -> None:
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -252,26 +296,29 @@ def plot(result: dict[str, tp.Any], path: Path) -> None:
     if len(sizes) < 2:
         _bars(result, path, mean_mae)
         return
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.6), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 5.4), sharey=True)
     for ax, key, title in [(axes[0], "mae_identity_eV", "unchanged test set"),
                            (axes[1], "mae_rotated_eV", "randomly rotated test set")]:
         for name, c in lc["models"].items():
             m = np.array(c[key]["mean"]) * 1e3
             sd = np.array(c[key]["std"]) * 1e3
             ax.errorbar(sizes, m, yerr=sd, marker="o", ms=4, capsize=3,
-                        label=LABELS.get(name, name))
-        ax.axhline(mean_mae, color="grey", ls="--", lw=1, label="predicting the mean")
+                        label=LABELS.get(name, name), **STYLES.get(name, {}))
+        ax.axhline(mean_mae, color="grey", ls=":", lw=1.2, label="predicting the mean")
         ax.set_xscale("log")
         ax.set_yscale("log")
+        ax.set_xticks(sizes, [str(n) for n in sizes])
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel("training structures N")
-        ax.set_title(f"water, GFN2-xTB: {title}")
+        ax.set_title(f"water, GFN2-xTB: {title}", fontsize=10)
         ax.grid(True, which="both", alpha=0.3)
     axes[0].set_ylabel("energy MAE (meV)")
-    axes[1].legend(fontsize=8, loc="center right")
+    handles, labels = axes[1].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8.5, frameon=False)
     n_seeds = len(lc["seeds"])
-    fig.suptitle(f"Invariance as inductive bias (mean ± std over {n_seeds} seed"
-                 f"{'s' if n_seeds > 1 else ''}, same data and training budget)", fontsize=11)
-    fig.tight_layout()
+    fig.suptitle(f"Invariance as inductive bias: water energies, mean ± std over {n_seeds} "
+                 f"seed{'s' if n_seeds > 1 else ''}, same data and training budget", fontsize=11)
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
     fig.savefig(path, dpi=150)
     plt.close(fig)
 
@@ -286,7 +333,9 @@ def _bars(result: dict[str, tp.Any], path: Path, mean_mae: float) -> None:
     x = np.arange(len(TRANSFORMS))
     for k, (name, m) in enumerate(models.items()):
         y = [m["by_transform"][t]["energy_mae_eV"] * 1e3 for t in TRANSFORMS]
-        ax.bar(x + (k - (len(models) - 1) / 2) * width, y, width, label=LABELS.get(name, name))
+        ax.bar(x + (k - (len(models) - 1) / 2) * width, y, width, label=LABELS.get(name, name),
+               color=STYLES.get(name, {}).get("color"),
+               hatch="//" if STYLES.get(name, {}).get("ls") else None, edgecolor="white")
     ax.axhline(mean_mae, color="grey", ls="--", lw=1, label="predicting the mean")
     ax.set_xticks(x, [TRANSFORM_TITLES[t] for t in TRANSFORMS])
     ax.set_yscale("log")

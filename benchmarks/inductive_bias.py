@@ -7,20 +7,24 @@ labelled with GFN2-xTB (tblite).  With the same data and the same training budge
 
 - ``raw``: an MLP on the flattened coordinates;
 - ``augmented``: the same MLP with a fresh random rotation and permutation of identical
-  atoms for every structure of every minibatch;
+  atoms for every structure of every minibatch (``augmented_b256``: the same with 8x
+  larger minibatches, an ablation that gives augmentation its best recipe found);
 - ``descriptor``: the same MLP on sorted inverse distances (a global invariant descriptor);
 - ``invariant``: ``invcalc.InvariantPotential`` (AEVs + per-element networks), trained on
   energies, and ``invariant_forces`` on energies + forces;
 
 and test them on the same held-out conformations, unchanged, randomly translated,
-rotated, with identical atoms permuted, and all combined.  Learning curves (training
-size x seeds) show the error on the rotated test set against training size.  The full
-run adds ethanol, where every model is trained on energies + forces.
+rotated, with identical atoms permuted, and all combined.  Learning rates come from a
+validation sweep (full run).  Learning curves (training size x seeds) show the error on
+the rotated test set against training size.  The full run adds ethanol, where every
+model but one is trained on energies + forces.
 
 Run (OMP_NUM_THREADS=1 keeps tblite on one core; the script sets it if unset):
 
     OMP_NUM_THREADS=1 python benchmarks/inductive_bias.py --quick   # headline, ~2 min
-    OMP_NUM_THREADS=1 python benchmarks/inductive_bias.py           # full, see results .md
+    OMP_NUM_THREADS=1 python benchmarks/inductive_bias.py           # full, 20-30 min
+    OMP_NUM_THREADS=1 python benchmarks/inductive_bias.py --out long.json \
+        --sizes 100 250 500 1000 2000 4000 --seeds 0 1 2 3 4    # longer curve, ~1 h
 
 Writes ``--out`` (JSON), a markdown table next to it (``.md``) and the plot (``.png``).
 """
@@ -29,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import os
 import platform
@@ -40,25 +45,30 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 
-#: name -> (model kind, trained on forces too)
+#: name -> (model kind, trained on forces too, batch size).  Every model gets the same
+#: steps, optimiser and schedule; "augmented_b256" is the one exception, an ablation with
+#: 8x larger minibatches (8x the structures per step), the best recipe found for it.
 WATER_MODELS = {
-    "raw": ("raw", False),
-    "augmented": ("augmented", False),
-    "descriptor": ("descriptor", False),
-    "invariant": ("invariant", False),
-    "invariant_forces": ("invariant", True),
+    "raw": ("raw", False, 32),
+    "augmented": ("augmented", False, 32),
+    "augmented_b256": ("augmented", False, 256),
+    "descriptor": ("descriptor", False, 32),
+    "invariant": ("invariant", False, 32),
+    "invariant_forces": ("invariant", True, 32),
 }
 ETHANOL_MODELS = {
-    "raw_forces": ("raw", True),
-    "augmented_forces": ("augmented", True),
-    "descriptor_forces": ("descriptor", True),
-    "invariant": ("invariant", False),
-    "invariant_forces": ("invariant", True),
+    "raw_forces": ("raw", True, 32),
+    "augmented_forces": ("augmented", True, 32),
+    "augmented_forces_b256": ("augmented", True, 256),
+    "descriptor_forces": ("descriptor", True, 32),
+    "invariant": ("invariant", False, 32),
+    "invariant_forces": ("invariant", True, 32),
 }
-#: Learning rates per model kind and force training, chosen by the validation sweep of
-#: the full run (``lr_sweep`` in its JSON); used as given by --quick and --smoke.
+#: Learning rates per water model, chosen by the validation sweep of the full run
+#: (``water.lr_sweep`` in its JSON); used as given by --quick and --smoke.  Ethanol
+#: models reuse the rate of the water model of the same kind, forces and batch size.
 DEFAULT_LR = {
-    "raw": 1e-2, "augmented": 1e-2, "descriptor": 1e-2,
+    "raw": 1e-2, "augmented": 1e-2, "augmented_b256": 5e-3, "descriptor": 5e-3,
     "invariant": 2e-2, "invariant_forces": 2e-2,
 }
 LR_GRID = (5e-3, 1e-2, 2e-2)
@@ -118,16 +128,20 @@ def evaluate(model, test, test_sets) -> dict[str, tp.Any]:
             "invariance_error_float64_eV": float(spread64.max())}
 
 
-def fit_and_test(name, kind, forces, train, test, test_sets, steps, lr, seed):
-    from _ib_models import TrainConfig, build, n_parameters, train as fit
+def fit_and_test(name, spec, train, test, test_sets, steps, lr, seed):
+    import numpy as np
+    from _ib_models import TrainConfig, build, n_parameters, predict, train as fit
 
-    cfg = TrainConfig(steps=steps, lr=lr)
+    kind, forces, batch_size = spec
+    cfg = TrainConfig(steps=steps, lr=lr, batch_size=batch_size)
     t0 = time.perf_counter()
     model = build(kind, train, cfg, seed)
     history = fit(model, train, cfg, forces=forces, augmented=kind == "augmented", seed=seed)
     seconds = time.perf_counter() - t0
     out = evaluate(model, test, test_sets)
+    out["train_mae_eV"] = float(np.abs(predict(model, train.positions)[0] - train.energy).mean())
     out.update(train_time_s=round(seconds, 2), n_parameters=n_parameters(model), lr=lr,
+               batch_size=batch_size,
                trained_on="energies+forces" if forces else "energies",
                final_train_loss=float(sum(history[-100:]) / len(history[-100:])))
     _log(f"    {name:18s} N={len(train):5d} seed={seed} {seconds:6.1f} s  "
@@ -160,10 +174,10 @@ def sweep_lr(data, val_idx, train_pool, models, size, steps) -> dict[str, tp.Any
                 if k in ("identity", "rotated")}
     train = data.subset(_train_subset(train_pool, size, 0))
     table: dict[str, dict[str, float]] = {}
-    for name, (kind, forces) in models.items():
+    for name, spec in models.items():
         table[name] = {}
         for lr in LR_GRID:
-            r = fit_and_test(name, kind, forces, train, val, val_sets, steps, lr, 0)
+            r = fit_and_test(name, spec, train, val, val_sets, steps, lr, 0)
             table[name][f"{lr:g}"] = r["by_transform"]["identity"]["energy_mae_eV"]
     best = {name: float(min(t, key=t.get)) for name, t in table.items()}
     return {"size": size, "steps": steps, "grid": list(LR_GRID),
@@ -171,18 +185,26 @@ def sweep_lr(data, val_idx, train_pool, models, size, steps) -> dict[str, tp.Any
 
 
 def run_molecule(molecule, models, *, pool, n_test, n_val, sizes, seeds, steps,
-                 headline_size, lrs, cache_dir, tune=False):
+                 headline_size, lrs, cache_dir, reference, tune=False):
+    """Train and test ``models`` on one molecule; ``reference`` is the model that ratios
+    and data-efficiency factors are taken against."""
     from _ib_data import SamplingSpec, load_or_generate, transformed_test_sets
     from _ib_report import aggregate
 
     _log(f"{molecule}: data")
-    data = load_or_generate(SamplingSpec(molecule, pool), cache_dir, log=_log)
+    spec = SamplingSpec(molecule, pool)
+    cached = cache_dir is not None and (Path(cache_dir) / f"{spec.key()}.npz").exists()
+    t0 = time.perf_counter()
+    data = load_or_generate(spec, cache_dir, log=_log)
+    data_seconds = time.perf_counter() - t0
     test_idx, val_idx, train_pool = _split(len(data), n_test, n_val)
     test = data.subset(test_idx)
     test_sets = transformed_test_sets(test, seed=2024)
     train_mean = float(data.energy[train_pool].mean())
     out: dict[str, tp.Any] = {
         "molecule": molecule, "n_atoms": int(len(data.numbers)), "pool": pool,
+        "sampling": dataclasses.asdict(spec), "data_from_cache": cached,
+        "data_time_s": round(data_seconds, 1),
         "n_test": n_test, "n_val": n_val,
         "label_std_eV": float(data.energy.std()),
         "mean_predictor_mae_eV": float(abs(test.energy - train_mean).mean()),
@@ -195,10 +217,12 @@ def run_molecule(molecule, models, *, pool, n_test, n_val, sizes, seeds, steps,
     for size in sizes:
         for seed in seeds:
             train = data.subset(_train_subset(train_pool, size, seed))
-            for name, (kind, forces) in models.items():
+            for name, spec in models.items():
                 runs[name].setdefault(size, {})[seed] = fit_and_test(
-                    name, kind, forces, train, test, test_sets, steps, lrs[name], seed)
-    out.update(aggregate(runs, sizes, seeds, headline_size, out["mean_predictor_mae_eV"]))
+                    name, spec, train, test, test_sets, steps, lrs[name], seed)
+    out.update(aggregate(runs, sizes, seeds, headline_size, out["mean_predictor_mae_eV"],
+                         reference))
+    out["reference"] = reference
     out["train_size"] = headline_size
     out["lr"] = {name: lrs[name] for name in models}
     return out
@@ -219,14 +243,19 @@ def main(argv: tp.Sequence[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", help="override the seeds")
     parser.add_argument("--steps", type=int, help="override the training steps")
     parser.add_argument("--no-ethanol", action="store_true", help="skip the ethanol section")
+    parser.add_argument("--report", type=Path, metavar="JSON",
+                        help="only rewrite the .md and .png of an existing result JSON")
     args = parser.parse_args(argv)
+    if args.report:
+        _setup_paths()
+        _write_report(json.loads(args.report.read_text()), args.report, not args.no_plot)
+        return 0
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # before tblite is imported
     _setup_paths()
     import torch
 
     torch.set_num_threads(args.threads)
-    from _ib_report import markdown, plot
 
     name = "smoke" if args.smoke else "quick" if args.quick else "full"
     cfg = dict(MODES[name])
@@ -241,12 +270,12 @@ def main(argv: tp.Sequence[str] | None = None) -> int:
                                       else f"inductive_bias_{name}.json")
     cache_dir = None if args.no_cache else args.cache_dir
     t0 = time.perf_counter()
+    water_pool = cfg["n_test"] + cfg["n_val"] + max(cfg["sizes"]) + POOL_MARGIN
     water = run_molecule(
-        "water", WATER_MODELS, pool=cfg["n_test"] + cfg["n_val"] + max(cfg["sizes"]) + POOL_MARGIN,
-        n_test=cfg["n_test"],
-        n_val=cfg["n_val"], sizes=cfg["sizes"], seeds=cfg["seeds"], steps=cfg["steps"],
+        "water", WATER_MODELS, pool=water_pool, n_test=cfg["n_test"], n_val=cfg["n_val"],
+        sizes=cfg["sizes"], seeds=cfg["seeds"], steps=cfg["steps"],
         headline_size=cfg["headline_size"], lrs=DEFAULT_LR, cache_dir=cache_dir,
-        tune=cfg["tune"])
+        reference="invariant", tune=cfg["tune"])
     result: dict[str, tp.Any] = {
         "benchmark": "inductive_bias", "mode": name,
         "models": water.pop("headline"), "learning_curves": water.pop("learning_curves"),
@@ -254,18 +283,20 @@ def main(argv: tp.Sequence[str] | None = None) -> int:
     }
     if cfg["ethanol"]:
         e = cfg["ethanol"]
-        lrs = {n: water["lr"]["invariant_forces" if k == "invariant" and f else k]
-               for n, (k, f) in ETHANOL_MODELS.items()}
+        water_of = {spec: n for n, spec in WATER_MODELS.items()}
+        lrs = {n: water["lr"][water_of.get(spec, water_of.get((spec[0], False, spec[2])))]
+               for n, spec in ETHANOL_MODELS.items()}
         ethanol = run_molecule(
             "ethanol", ETHANOL_MODELS, pool=e["n_test"] + e["size"] + POOL_MARGIN,
             n_test=e["n_test"], n_val=0,
             sizes=[e["size"]], seeds=e["seeds"], steps=cfg["steps"], headline_size=e["size"],
-            lrs=lrs, cache_dir=cache_dir)
+            lrs=lrs, cache_dir=cache_dir, reference="invariant_forces")
         ethanol.pop("learning_curves")
         ethanol["models"] = ethanol.pop("headline")
         result["ethanol"] = ethanol
     result["settings"] = {
-        "mode": name, "steps": cfg["steps"], "lr_grid": list(LR_GRID) if cfg["tune"] else None, "batch_size": 32, "hidden": [64, 64],
+        "mode": name, "steps": cfg["steps"], "lr_grid": list(LR_GRID) if cfg["tune"] else None,
+        "batch_size": {n: b for n, (_, _, b) in WATER_MODELS.items()}, "hidden": [64, 64],
         "optimizer": "Adam, cosine decay to 1e-5", "sizes": cfg["sizes"], "seeds": cfg["seeds"],
         "headline_size": cfg["headline_size"], "torch_threads": args.threads,
         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
@@ -275,13 +306,22 @@ def main(argv: tp.Sequence[str] | None = None) -> int:
     result["wall_time_s"] = round(time.perf_counter() - t0, 1)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(result, indent=2) + "\n")
-    table = markdown(result, png_name=None if args.no_plot else out_path.with_suffix(".png").name)
-    out_path.with_suffix(".md").write_text(table)
-    if not args.no_plot:
-        plot(result, out_path.with_suffix(".png"))
-    print(table)
-    _log(f"wrote {out_path} (+ .md{'' if args.no_plot else ', .png'}) in {result['wall_time_s']} s")
+    _write_report(result, out_path, not args.no_plot)
+    _log(f"wrote {out_path} (+ .md{', .png' if not args.no_plot else ''}) "
+         f"in {result['wall_time_s']} s")
     return 0
+
+
+def _write_report(result: dict[str, tp.Any], json_path: Path, with_plot: bool) -> None:
+    """The markdown table (printed and written next to the JSON) and the plot."""
+    from _ib_report import markdown, plot
+
+    png = json_path.with_suffix(".png")
+    table = markdown(result, png_name=png.name if with_plot else None)
+    json_path.with_suffix(".md").write_text(table)
+    if with_plot:
+        plot(result, png)
+    print(table)
 
 
 if __name__ == "__main__":
