@@ -58,9 +58,12 @@ def table(results: dict[str, tp.Any]) -> str:
 
 
 def md_table(results: dict[str, tp.Any]) -> str:
-    lines = ["| MD (velocity Verlet) | invcalc | torchani ASE | GFN2-xTB |", "|---|---:|---:|---:|"]
+    lines = [
+        "| MD (velocity Verlet) | invcalc | torchani ASE | GFN2-xTB |", "|---|---:|---:|---:|"
+    ]
     for name, rates in results["md"].items():
-        cells = [f"{rates[k]:.1f}" if k in rates else "—" for k in ("invcalc", "torchani", "gfn2_xtb")]
+        keys = ("invcalc", "torchani", "gfn2_xtb")
+        cells = [f"{rates[k]:.1f}" if k in rates else "—" for k in keys]
         lines.append(f"| {name} (steps/s) | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -91,7 +91,8 @@ def water_box(n_side: int, spacing: float = 3.1, seed: int = 0) -> tp.Any:
     base = w.positions - w.positions.mean(0)
     grid = np.stack(np.meshgrid(*[np.arange(n_side)] * 3, indexing="ij"), -1).reshape(-1, 3)
     q, _ = np.linalg.qr(rng.normal(size=(len(grid), 3, 3)))
-    pos = np.einsum("ij,nkj->nik", base, q) + (spacing * grid + rng.normal(0, 0.1, grid.shape))[:, None]
+    centres = spacing * grid + rng.normal(0, 0.1, grid.shape)
+    pos = np.einsum("ij,nkj->nik", base, q) + centres[:, None]
     length = n_side * spacing
     return Atoms("OH2" * len(grid), positions=pos.reshape(-1, 3), cell=[length] * 3, pbc=True)
 
@@ -258,7 +259,7 @@ def main() -> None:
             timers.append(Timer("torchani_adaptive", adaptive.ase(), atoms, 60.0))
         if xtb is not None and n <= 100:
             timers.append(Timer("gfn2_xtb", xtb, atoms, 60.0))
-        rounds, block = (20, 5) if n < 100 else (6, 2) if n < 5000 else (2, 1)
+        rounds, block = (20, 5) if n < 100 else (6, 2) if n < 5000 else (4, 1)
         print(f"{name}: {n} atoms ...", flush=True)
         searches = invcalc._cache.builds
         timing: dict[str, tp.Any] = time_calls(timers, rounds, block)

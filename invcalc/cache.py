@@ -83,7 +83,10 @@ class StructureCache:
         if key != self._key:
             self.clear()
             elem = potential.element_indices(torch.as_tensor(atoms.numbers, device=device))
-            self._layout = engine.make_layout(elem, None, len(potential.elements))
+            where = torch.as_tensor(centred, device=device)
+            self._layout = engine.make_layout(
+                elem, None, len(potential.elements), where, potential.cutoff
+            )
             self._key = key
         assert self._layout is not None
         rebuilt = self._prepared is None or self._moved_too_far(centred)

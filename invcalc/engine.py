@@ -73,9 +73,30 @@ class FlatEvaluation(tp.NamedTuple):
     virial: Tensor | None
 
 
-def make_layout(elem: Tensor, segment: Tensor | None, num_elements: int) -> Layout:
-    """Sort atoms with element indices ``elem`` (N,) of structures ``segment`` (N,)."""
-    order = torch.argsort(elem, stable=True)
+def _morton(positions: Tensor, size: float) -> Tensor:
+    """Z-order (Morton) codes (N,) of the cubes of side ``size`` holding ``positions``."""
+    cube = ((positions - positions.min(0).values) / size).long().clamp(0, 1023)
+    code = torch.zeros_like(cube[:, 0])
+    for bit in range(10):
+        for axis in range(3):
+            code |= ((cube[:, axis] >> bit) & 1) << (3 * bit + axis)
+    return code
+
+
+def make_layout(
+    elem: Tensor, segment: Tensor | None, num_elements: int, positions: Tensor | None = None,
+    size: float = 5.0,
+) -> Layout:
+    """Sort atoms with element indices ``elem`` (N,) of structures ``segment`` (N,).
+
+    With ``positions`` (N, 3), atoms of one element are further sorted along a
+    Z-order curve of ``size``-Å cubes: neighbors get nearby indices, so the gathers
+    and scatters over pairs and triples of large systems stay in cache.
+    """
+    key = elem
+    if positions is not None and elem.shape[0] > 1:
+        key = elem * (1 << 30) + _morton(positions.detach(), size)
+    order = torch.argsort(key, stable=True)
     inverse = torch.empty_like(order)
     inverse[order] = torch.arange(order.shape[0], device=order.device)
     counts = torch.bincount(elem, minlength=num_elements).tolist()
@@ -98,6 +119,10 @@ def prepare(
     dtype) or None; ``positions``: (N, 3) sorted positions when the pairs were found
     (for the angular candidate set); ``skin``: how far beyond the cutoff pairs may be.
     """
+    if pairs.shape[1] > 1:  # pairs in atom order: neighboring pairs share atoms
+        rank = torch.argsort(pairs[0] * layout.order.shape[0] + pairs[1])
+        pairs = pairs[:, rank]
+        shifts = None if shifts is None else shifts[rank]
     i, j = pairs[0], pairs[1]
     with torch.no_grad():
         diff = positions.index_select(0, i) - positions.index_select(0, j)

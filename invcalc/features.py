@@ -4,10 +4,11 @@ torchani's ``AEVComputer.compute_from_neighbors`` rebuilds, on every call, the
 structures that depend only on *which* pairs are neighbors: the scatter rows of the
 radial terms, the angular pair subset, the triples (``neighbors_to_triples``: sorts,
 unique, repeat_interleave) and their scatter rows.  ``AEVPlan`` builds them once per
-pair list (torchani's ``neighbors_to_triples`` does the triples); ``aevs`` computes the
+pair list (the triples as torchani's ``neighbors_to_triples``, leaner); ``aevs`` computes the
 features of the current geometry and ``aev_grad`` the gradient dE/dd_p of any
-E(G) with respect to the pair vectors, given dE/dG -- by the chain rule written out,
-in chunks of pairs and triples, with no autograd graph (bounded memory at any size).
+E(G) with respect to the pair vectors, given dE/dG -- by the chain rule written out
+(``invcalc.aev_terms``), in chunks of pairs and triples, with no autograd graph
+(bounded memory at any size).
 
 Terms (torchani's ``ANIRadial`` / ``ANIAngular``, ANI paper eqs. 3-4), r = |d_p| in Å:
 
@@ -15,29 +16,31 @@ Terms (torchani's ``ANIRadial`` / ``ANIAngular``, ANI paper eqs. 3-4), r = |d_p|
     angular 2 ((1 + cos(theta' - theta_z)) / 2)^zeta exp(-eta ((r_a + r_b)/2 - s_k)^2)
             f_c(r_a) f_c(r_b),     theta' = acos(0.95 cos theta_ab)
 
-With a Verlet skin the pair list holds pairs up to ``cutoff + skin``; the mask
-``r <= cutoff`` (torchani's own ``discard_outside_cutoff`` test) zeroes the rest --
-needed for the cosine cutoff, which rises again beyond the cutoff.  Results equal
-torchani's up to float round-off; the AEV layout is torchani's.
+With a Verlet skin the pair list holds pairs up to ``cutoff + skin``: radial terms are
+masked with ``r <= cutoff`` (torchani's own ``discard_outside_cutoff`` test; needed for
+the cosine cutoff, which rises again beyond the cutoff) and triples only join pairs
+now within the angular cutoff.  Only the AEV blocks of the elements present are
+computed ("compact" features; the others are zero).  Results equal torchani's up to
+float round-off; the layout of the compact blocks is torchani's.
 """
 
 from __future__ import annotations
 
-import math
 import typing as tp
 
 import torch
 from torch import Tensor
 from torchani.aev import AEVComputer
 from torchani.aev._terms import ANIAngular, ANIRadial
-from torchani.cutoffs import CutoffCosine, CutoffSmooth
-from torchani.neighbors import Neighbors, neighbors_to_triples
+
+from invcalc import aev_terms as terms
 
 #: Pairs or triples per chunk: bounds the memory of the (chunk, features) terms.
 CHUNK = 1 << 18
 #: Largest system (pairs or triples) whose intermediates are kept for the gradient
-#: (about 120 bytes per triple); larger ones are recomputed chunk by chunk.
-KEEP = 1 << 21
+#: (about 125 bytes per triple, 2 GB at 16M triples ~ 1.2e5 water atoms); larger ones
+#: are recomputed chunk by chunk.
+KEEP = 1 << 24
 
 
 class Triples(tp.NamedTuple):
@@ -92,14 +95,8 @@ class AEVPlan:
         self.masked = skin > 0
         self._triples: Triples | None = None
         self._all: Triples | None = None
-        ang = aev.angular
         self.dtype = distances.dtype
-        self.zeta = float(ang.zeta)
-        sections = ang.sections.to(distances.dtype)
-        #: (2, Z) 0.5 [cos theta_z; sin theta_z], its (Z, 2) transpose and (1, Z) 0.5s
-        self.trig = 0.5 * torch.stack((torch.cos(sections), torch.sin(sections)))
-        self.trig_t = 2 * self.trig.T.contiguous()
-        self.half = torch.full_like(self.trig[:1], 0.5)
+        self.constants = terms.angular_constants(aev, distances.dtype)
 
     def triples(self, inside: Tensor) -> Triples:
         """Triples of the candidates flagged ``inside`` (C,) the angular cutoff.
@@ -135,20 +132,62 @@ class AEVPlan:
         return self._all
 
 
+def _local_pairs(idx: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, int]:
+    """Enumerate, for each atom, the pairs of its neighbors (p > q) in torchani's order.
+
+    Returns the sorting permutation ``rev`` (2P,) of the flattened ``idx``, the central
+    atom (T,) and the positions (T,) of the two sides in the sorted order, and the
+    number of pairs P.
+    """
+    num = idx.shape[1]
+    ordered, rev = idx.reshape(-1).sort(stable=True)
+    central, counts = torch.unique_consecutive(ordered, return_counts=True)
+    sizes = (counts * (counts - 1)) >> 1
+    group = torch.repeat_interleave(torch.arange(len(counts), device=idx.device), sizes)
+    first_t = (torch.cumsum(sizes, 0) - sizes).index_select(0, group)
+    local = torch.arange(group.shape[0], device=idx.device) - first_t
+    # local index t -> (p, q), p > q, t = p (p - 1) / 2 + q; exact in float64 for the
+    # neighbor counts of any real system (t < 2^26)
+    p = ((1 + torch.sqrt(1 + 8 * local.double())) / 2).floor().long()
+    start = (torch.cumsum(counts, 0) - counts).index_select(0, group)
+    second = start + local - ((p * (p - 1)) >> 1)
+    return rev, central.index_select(0, group), start + p, second, num
+
+
+def neighbor_triples(idx: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """torchani's ``neighbors_to_triples`` for pairs ``idx`` (2, P), indices only.
+
+    Returns ``central`` (T,), ``side`` (2, T) pair indices and ``signs`` (2, T) +-1
+    (+1 where the central atom is the pair's first atom), by central atom and then in
+    the (p > q) lower-triangle order of its neighbors, as torchani.  Unlike torchani's,
+    it neither pads every atom to the largest neighbor count nor gathers the triples'
+    vectors: memory stays a few integers per triple.
+    """
+    rev, central, first, second, n = _local_pairs(idx)
+    side_of = rev % n  # per sorted position: the pair, and whether the central is i
+    sign_of = (rev < n).to(torch.int8) * 2 - 1
+    side = torch.stack((side_of.index_select(0, first), side_of.index_select(0, second)))
+    signs = torch.stack((sign_of.index_select(0, first), sign_of.index_select(0, second)))
+    return central, side, signs
+
+
 def _triples(plan: AEVPlan, pairs: Tensor, inside: Tensor) -> Triples:
-    """Triples of ``pairs`` (indices into the pair list) by torchani's
-    ``neighbors_to_triples``, with their angular-table rows."""
-    idx = torch.stack((plan.i[pairs], plan.j[pairs]))
-    zeros = torch.zeros(pairs.shape[0], device=pairs.device)
-    tri = neighbors_to_triples(Neighbors(idx, zeros, zeros.new_zeros(zeros.shape[0], 3)))
-    # the side atom of a triple is its pair's other atom than the central one
-    pair_elem = plan.elem[idx]  # (2, Pa)
-    side_elem = torch.where(
-        tri.diff_signs == 1, pair_elem[1][tri.side_idxs], pair_elem[0][tri.side_idxs]
+    """Triples of ``pairs`` (indices into the pair list), with their angular-table rows."""
+    i, j = plan.i.index_select(0, pairs), plan.j.index_select(0, pairs)
+    rev, central, first, second, n = _local_pairs(torch.stack((i, j)))
+    # per sorted position: the pair, the sign, and the element of the *other* atom
+    side_of = rev % n
+    sign_of = torch.where(rev < n, 1.0, -1.0).to(plan.dtype)
+    other = torch.cat((plan.elem.index_select(0, j), plan.elem.index_select(0, i)))
+    other = other.index_select(0, rev)
+    side = torch.stack((side_of.index_select(0, first), side_of.index_select(0, second)))
+    sign = sign_of.index_select(0, first) * sign_of.index_select(0, second)
+    k = plan.num_species
+    pair_type = plan._triu.reshape(-1).index_select(
+        0, other.index_select(0, first) * k + other.index_select(0, second)
     )
-    rows = tri.central_idxs * plan.num_species_pairs + plan._triu[side_elem[0], side_elem[1]]
-    sign = (tri.diff_signs[0] * tri.diff_signs[1]).to(plan.dtype)
-    return Triples(inside, pairs, tri.side_idxs, sign, rows)
+    rows = central * plan.num_species_pairs + pair_type
+    return Triples(inside, pairs, side, sign, rows)
 
 
 def check_terms(aev: AEVComputer) -> None:
@@ -189,178 +228,6 @@ def _compact(
     return compact.to(device), columns.to(device), triu.to(device)
 
 
-#: Factors below this are set to 0 in float32 so that products of two stay normal
-#: numbers: subnormal floats make CPU arithmetic up to ~40x slower.  The change is
-#: below 1e-18 absolute on terms of order 1 (float32 resolves 1e-7).
-_FLUSH32 = 1e-18
-
-
-def _floor(dtype: torch.dtype) -> float | None:
-    """The flush threshold for ``dtype`` (None: no flushing needed)."""
-    return _FLUSH32 if torch.finfo(dtype).bits <= 32 else None
-
-
-#: Tensors smaller than this are not flushed: the few subnormals cost less than the check.
-_FLUSH_MIN = 4096
-
-
-def _flush(x: Tensor, floor: float | None) -> Tensor:
-    if floor is None or x.numel() < _FLUSH_MIN:
-        return x
-    return x.masked_fill_(x < floor, 0.0)
-
-
-def _exp(arg: Tensor, floor: float | None) -> Tensor:
-    """exp(arg), flushed to 0 below ``floor`` without computing subnormal results."""
-    if floor is None or arg.numel() < _FLUSH_MIN:
-        return torch.exp(arg)
-    lo = math.log(floor)
-    return torch.exp(arg.clamp(min=lo)).masked_fill_(arg < lo, 0.0)
-
-
-def _cutoff(fn: torch.nn.Module, d: Tensor, rc: float, masked: bool) -> tuple[Tensor, Tensor]:
-    """Cutoff factor f_c(d) and its slope df_c/dd, (P,) each, zero beyond rc if masked."""
-    floor = _floor(d.dtype)
-    if type(fn) is CutoffCosine:
-        arg = d * (torch.pi / rc)
-        fc = _flush(0.5 * torch.cos(arg) + 0.5, floor)
-        slope = (-0.5 * torch.pi / rc) * torch.sin(arg)
-    elif type(fn) is CutoffSmooth:
-        ratio = d / rc
-        u = 1 - ratio**fn.order
-        c = u.clamp(min=fn.eps)
-        fc = _exp(1 - 1 / c, floor)
-        inner = fn.order * ratio ** (fn.order - 1) / rc
-        slope = torch.where(u > fn.eps, -fc * inner / (c * c), 0.0)
-    else:  # any other elementwise cutoff: its slope by autograd
-        with torch.enable_grad():
-            x = d.detach().requires_grad_(True)
-            value = fn(x, rc)
-            (slope,) = torch.autograd.grad(value.sum(), x)
-        fc = _flush(value.detach(), floor)
-    if masked:  # torchani keeps pairs with d <= rc
-        outside = d > rc
-        fc, slope = fc.masked_fill(outside, 0.0), slope.masked_fill(outside, 0.0)
-    return fc, slope
-
-
-class _Radial(tp.NamedTuple):
-    terms: Tensor | None  # (P, R), dropped once summed
-    gauss: Tensor  # (P, R) exp(-eta x^2)
-    x: Tensor  # (P, R) r - s_k
-    fc: Tensor  # (P,)
-    slope: Tensor  # (P,)
-
-
-def _radial(aev: AEVComputer, d: Tensor, masked: bool) -> _Radial:
-    rad = aev.radial
-    fc, slope = _cutoff(rad.cutoff_fn, d, rad.cutoff, masked)
-    x = d.unsqueeze(-1) - rad.shifts
-    gauss = _exp(-rad.eta * x * x, _floor(d.dtype))
-    return _Radial((0.25 * fc).unsqueeze(-1) * gauss, gauss, x, fc, slope)
-
-
-def _radial_grad(aev: AEVComputer, r: _Radial, g_terms: Tensor) -> Tensor:
-    """(P,) dE/dr of pairs, given dE/d(terms) (P, R)."""
-    ge = g_terms * r.gauss
-    eta = aev.radial.eta
-    return 0.25 * (r.slope * ge.sum(-1) - 2 * eta * r.fc * (ge * r.x).sum(-1))
-
-
-class _Angular(tp.NamedTuple):
-    terms: Tensor | None  # (T, S*Z), None when only the gradient is wanted
-    a: Tensor  # (T,) first side, index into the angular pairs
-    b: Tensor  # (T,) second side
-    d0: Tensor  # (T,) side lengths
-    d1: Tensor
-    cos: Tensor  # (T,) cos theta_ab
-    sin: Tensor  # (T,) sin theta' = sqrt(1 - (0.95 cos)^2)
-    base: Tensor  # (T, Z) (1 + cos(theta' - theta_z)) / 2
-    angular: Tensor  # (T, Z) 2 base^zeta
-    gauss: Tensor  # (T, S)
-    x: Tensor  # (T, S) mean distance - shift
-    fc0: Tensor
-    fc1: Tensor
-    fcfc: Tensor
-
-
-def _power(base: Tensor, zeta: float, floor: float | None) -> Tensor:
-    """base^zeta (base in (0, 1]): repeated squaring for a power-of-two zeta."""
-    z = int(zeta)
-    if z == zeta and 1 <= z <= 1024 and z & (z - 1) == 0:
-        out = base
-        while z > 1:
-            if z == 2:
-                out = _flush(out.clone() if out is base else out, floor)
-            out = out * out
-            z //= 2
-        return out
-    return _exp(zeta * torch.log(base), floor)
-
-
-def _angular(
-    aev: AEVComputer, plan: AEVPlan, diff_a: Tensor, d_a: Tensor, fc_a: Tensor, tri: Tensor,
-    sign: Tensor, terms: bool = True,
-) -> _Angular:
-    """Angular terms of triples ``tri`` (2, T) over the angular pairs (Pa, 3).
-
-    cos(theta' - theta_z) = cos theta' cos theta_z + sin theta' sin theta_z with
-    cos theta' = 0.95 cos theta_ab: the same value as torchani's acos-then-cos.
-    """
-    ang = aev.angular
-    floor = _floor(diff_a.dtype)
-    a, b = tri[0], tri[1]
-    d0, d1 = d_a.index_select(0, a), d_a.index_select(0, b)
-    dot = (diff_a.index_select(0, a) * diff_a.index_select(0, b)).sum(-1) * sign
-    cos = dot / torch.clamp(d0 * d1, min=1e-10)
-    u = 0.95 * cos
-    sin = torch.sqrt(1 - u * u)
-    base = torch.addmm(plan.half, torch.stack((u, sin), 1), plan.trig)  # (T, Z)
-    angular = 2 * _power(base, plan.zeta, floor)  # (T, Z)
-    x = (d0 + d1).unsqueeze(-1) / 2 - ang.shifts
-    gauss = _exp(-ang.eta * x * x, floor)  # (T, S)
-    fc0, fc1 = fc_a.index_select(0, a), fc_a.index_select(0, b)
-    fcfc = _flush(fc0 * fc1, floor)
-    out = None
-    if terms:
-        radial = _flush(gauss * fcfc.unsqueeze(-1), floor)
-        out = (radial.unsqueeze(2) * angular.unsqueeze(1)).flatten(1)
-    return _Angular(
-        out, a, b, d0, d1, cos, sin, base, angular, gauss, x, fc0, fc1, fcfc
-    )
-
-
-def _angular_grad(
-    aev: AEVComputer, plan: AEVPlan, t: _Angular, g_terms: Tensor, slope_a: Tensor, diff_a: Tensor,
-    sign: Tensor, gd_a: Tensor, gv_a: Tensor,
-) -> None:
-    """Add dE/dr (into gd_a (Pa,)) and the remaining dE/dd (gv_a (Pa, 3)) of the
-    angular pairs, given dE/d(terms) (T, S*Z)."""
-    ang = aev.angular
-    g3 = g_terms.view(g_terms.shape[0], t.gauss.shape[1], -1)  # (T, S, Z)
-    g_rad = torch.bmm(g3, t.angular.unsqueeze(-1)).squeeze(-1) * t.gauss  # (T, S)
-    g_ang = torch.bmm((t.gauss * t.fcfc.unsqueeze(-1)).unsqueeze(1), g3).squeeze(1)  # (T, Z)
-    g_fc = g_rad.sum(-1)
-    g_mean = -2 * ang.eta * t.fcfc * (g_rad * t.x).sum(-1)
-    # dA_z/dcos = zeta A_z / (2 base_z) * 0.95 (cos theta_z - (u / sin) sin theta_z)
-    q = g_ang * t.angular / t.base.clamp(min=1e-30)
-    qc = q @ plan.trig_t  # (T, 2): sums with cos theta_z and sin theta_z
-    u = 0.95 * t.cos
-    g_cos = (0.475 * plan.zeta) * (qc[:, 0] - u / t.sin * qc[:, 1])
-    prod = t.d0 * t.d1
-    live = prod > 1e-10
-    g_dot = torch.where(live, g_cos / prod, 0.0)
-    g_prod = torch.where(live, -g_cos * t.cos / prod, 0.0)
-    s0, s1 = slope_a.index_select(0, t.a), slope_a.index_select(0, t.b)
-    g_d0 = g_fc * s0 * t.fc1 + 0.5 * g_mean + g_prod * t.d1
-    g_d1 = g_fc * t.fc0 * s1 + 0.5 * g_mean + g_prod * t.d0
-    gd_a.index_add_(0, t.a, g_d0)
-    gd_a.index_add_(0, t.b, g_d1)
-    w = (g_dot * sign).unsqueeze(-1)
-    gv_a.index_add_(0, t.a, w * diff_a.index_select(0, t.b))
-    gv_a.index_add_(0, t.b, w * diff_a.index_select(0, t.a))
-
-
 def _spans(total: int, chunk: int) -> list[tuple[int, int]]:
     return [(lo, min(lo + chunk, total)) for lo in range(0, total, chunk)] or [(0, 0)]
 
@@ -372,8 +239,8 @@ class Saved(tp.NamedTuple):
 
     d: Tensor
     triples: Triples
-    radial: list[_Radial] | None
-    angular: list[_Angular] | None
+    radial: list[terms.Radial] | None
+    angular: list[terms.Angular] | None
     slope_a: Tensor | None
 
 
@@ -390,18 +257,18 @@ def aevs(
     radial = diff.new_zeros(n * plan.num_species, aev.radial.num_feats)
     angular = diff.new_zeros(n * plan.num_species_pairs, aev.angular.num_feats)
     diff_a, d_a = diff.index_select(0, trip.pairs), d.index_select(0, trip.pairs)
-    fc_a, slope_a = _cutoff(aev.angular.cutoff_fn, d_a, rca, False)
+    fc_a, slope_a = terms.cutoff(aev.angular.cutoff_fn, d_a, rca, False)
     sign = trip.sign
     keep = keep and max(d.shape[0], trip.tri.shape[1]) <= KEEP
     kept_r, kept_a = [], []
     for lo, hi in _spans(d.shape[0], chunk):
-        r = _radial(aev, d[lo:hi], plan.masked)
+        r = terms.radial(aev, d[lo:hi], plan.masked)
         radial.index_add_(0, plan.radial_rows[0, lo:hi], r.terms)
         radial.index_add_(0, plan.radial_rows[1, lo:hi], r.terms)
         if keep:
             kept_r.append(r._replace(terms=None))
     for lo, hi in _spans(trip.tri.shape[1], chunk):
-        t = _angular(aev, plan, diff_a, d_a, fc_a, trip.tri[:, lo:hi], sign[lo:hi])
+        t = terms.angular(aev, plan.constants, diff_a, d_a, fc_a, trip.tri[:, lo:hi], sign[lo:hi])
         angular.index_add_(0, trip.rows[lo:hi], t.terms)
         if keep:
             kept_a.append(t._replace(terms=None))
@@ -429,26 +296,26 @@ def aev_grad(
         if saved.radial is not None:
             r = saved.radial[k]
         else:
-            r = _radial(aev, d[lo:hi], plan.masked)
+            r = terms.radial(aev, d[lo:hi], plan.masked)
         rows = plan.radial_rows[:, lo:hi]
         g_terms = g_rad.index_select(0, rows[0]) + g_rad.index_select(0, rows[1])
-        gd[lo:hi] = _radial_grad(aev, r, g_terms)
+        gd[lo:hi] = terms.radial_grad(aev, r, g_terms)
     diff_a, d_a = diff.index_select(0, trip.pairs), d.index_select(0, trip.pairs)
     if saved.slope_a is not None:
         fc_a, slope_a = d_a, saved.slope_a  # fc_a unused: the terms are saved
     else:
-        fc_a, slope_a = _cutoff(aev.angular.cutoff_fn, d_a, aev.angular.cutoff, False)
-    sign = trip.sign
+        fc_a, slope_a = terms.cutoff(aev.angular.cutoff_fn, d_a, aev.angular.cutoff, False)
+    sign, const = trip.sign, plan.constants
     gd_a, gv_a = torch.zeros_like(d_a), torch.zeros_like(diff_a)
     for k, (lo, hi) in enumerate(_spans(trip.tri.shape[1], chunk)):
         if saved.angular is not None:
             t = saved.angular[k]
         else:
-            t = _angular(
-                aev, plan, diff_a, d_a, fc_a, trip.tri[:, lo:hi], sign[lo:hi], terms=False
+            t = terms.angular(
+                aev, const, diff_a, d_a, fc_a, trip.tri[:, lo:hi], sign[lo:hi], terms=False
             )
         g_terms = g_ang.index_select(0, trip.rows[lo:hi])
-        _angular_grad(aev, plan, t, g_terms, slope_a, diff_a, sign[lo:hi], gd_a, gv_a)
+        terms.angular_grad(aev, const, t, g_terms, slope_a, diff_a, sign[lo:hi], gd_a, gv_a)
     gd.index_add_(0, trip.pairs, gd_a)
     grad = diff * torch.where(d > 0, gd / d, 0.0).unsqueeze(-1)
     return grad.index_add_(0, trip.pairs, gv_a)

@@ -16,7 +16,7 @@ from ase import units
 from ase.build import molecule
 from ase.md.verlet import VelocityVerlet
 
-from invcalc import InvCalc, InvariantPotential, engine, features
+from invcalc import InvCalc, InvariantPotential, aev_terms, engine, features
 from invcalc.derivatives import evaluate
 from invcalc.systems import to_system
 from conftest import ELEMENTS, SMALL_FEATURES, make_potential, water_box
@@ -228,8 +228,50 @@ def test_fast_path_needs_no_autograd(ensemble64, ethanol):
 
 def test_float32_flushes_only_subnormal_scale_values():
     x = torch.tensor([-1000.0, -50.0, -10.0, 0.0]).repeat(2000)  # large: flushed
-    flushed = features._exp(x.clone(), features._floor(torch.float32)).view(-1, 4)
+    flushed = aev_terms.exp_flushed(x.clone(), aev_terms.flush_floor(torch.float32)).view(-1, 4)
     assert torch.all(flushed[:, :2] == 0)  # exp(-50) ~ 2e-22 < 1e-18
     torch.testing.assert_close(flushed[:, 2:], torch.exp(x.view(-1, 4)[:, 2:]))
-    exact = features._exp(x.double(), features._floor(torch.float64)).view(-1, 4)
+    exact = aev_terms.exp_flushed(x.double(), aev_terms.flush_floor(torch.float64)).view(-1, 4)
     assert torch.all(exact[:, 1] == torch.exp(torch.tensor(-50.0, dtype=torch.float64)))
+
+
+def test_neighbor_triples_are_torchanis_triples():
+    from torchani.neighbors import Neighbors, neighbors_to_triples
+
+    def canonical(central, side, signs):  # a triple's two sides, in either order
+        a = side[0] * 2 + (signs[0] > 0).long()
+        b = side[1] * 2 + (signs[1] > 0).long()
+        key = (central * 10**7 + torch.minimum(a, b)) * 10**7 + torch.maximum(a, b)
+        return key.sort().values
+
+    gen = torch.Generator().manual_seed(0)
+    for atoms, pairs in [(5, 7), (60, 500), (400, 20000)]:
+        idx = torch.randint(0, atoms, (2, pairs), generator=gen)
+        idx = idx[:, idx[0] != idx[1]]
+        zeros = torch.zeros(idx.shape[1])
+        ref = neighbors_to_triples(Neighbors(idx, zeros, torch.zeros(idx.shape[1], 3)))
+        central, side, signs = features.neighbor_triples(idx)
+        expected = canonical(ref.central_idxs, ref.side_idxs, ref.diff_signs.long())
+        assert torch.equal(canonical(central, side, signs), expected)
+    empty = features.neighbor_triples(torch.zeros(2, 0, dtype=torch.long))
+    assert empty[1].shape == (2, 0)
+
+
+def test_structures_without_pairs_or_triples(ensemble64):
+    from ase import Atoms
+
+    cases = [
+        Atoms("H", positions=[[0, 0, 0]]),
+        Atoms("H2", positions=[[0, 0, 0], [20, 0, 0]]),  # beyond the cutoff
+        Atoms("OH", positions=[[0, 0, 0], [0.97, 0, 0]]),  # one pair, no triple
+        Atoms("H", positions=[[0, 0, 0]], cell=[3.0, 3.0, 3.0], pbc=True),  # own images
+    ]
+    calc = InvCalc(ensemble64, dtype=torch.float64, device="cpu")
+    batch = calc.calculate_batch(cases)
+    for atoms, got in zip(cases, batch):
+        system = to_system(atoms, ensemble64.cutoff, torch.float64, "cpu")
+        ref = evaluate(ensemble64, system.numbers, system.positions, system.cell)
+        atoms.calc = InvCalc(ensemble64, dtype=torch.float64, device="cpu")
+        assert abs(atoms.get_potential_energy() - float(ref.energies.total[0])) < 1e-9
+        np.testing.assert_allclose(atoms.get_forces(), ref.forces[0].numpy(), atol=1e-12)
+        assert abs(got["energy"] - atoms.get_potential_energy()) < 1e-9
