@@ -119,7 +119,7 @@ def write_report(results: dict[str, tp.Any], out: Path) -> None:
         "# Speed: invcalc vs torchani vs GFN2-xTB",
         "",
         f"CPU: {meta['cpu_count']} cores ({meta['cpu']}), **{meta['threads']} thread(s)** for "
-        f"torch and tblite; torch {meta['torch']}; {meta['model']}; Verlet skin "
+        f"torch, MKL, OpenBLAS and tblite; torch {meta['torch']}; {meta['model']}; Verlet skin "
         f"{meta['skin_angstrom']} Å.  The machine was shared with other jobs: load average "
         f"{meta['load_average_start'][0]:.1f} at the start, {meta['load_average_end'][0]:.1f} at "
         "the end (2 cores), so absolute times are inflated; the calculators ran interleaved, "
@@ -127,7 +127,7 @@ def write_report(results: dict[str, tp.Any], out: Path) -> None:
         "",
         "Median wall time of one energy + forces call (after a 0.005 Å random displacement, "
         "as in MD; the first call of a structure, with its neighbor search, is listed "
-        "apart):",
+        "apart -- the very first one, ethanol's, also stacks the ensemble's weights):",
         "",
         table(results),
         "",
