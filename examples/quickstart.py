@@ -7,15 +7,23 @@
 from __future__ import annotations
 
 import argparse
+import warnings
 
 import numpy as np
 from ase import units
 from ase.build import molecule
 from ase.md.langevin import Langevin
-from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
 from ase.optimize import BFGS
 
-from invcalc import InvCalc
+try:  # ASE >= 3.29
+    from ase.md.velocitydistribution import thermalize_momenta
+except ImportError:  # older ASE
+    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution as thermalize_momenta
+
+# torchani mentions its optional CUDA extensions at import; invcalc needs none of them
+warnings.filterwarnings("ignore", message="The extensions.*are not installed")
+
+from invcalc import InvCalc  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -37,7 +45,7 @@ def main(argv: list[str] | None = None) -> None:
     sigma = atoms.calc.get_property("energy_uncertainty", atoms)
     print(f"ensemble uncertainty of the energy: {1000 * sigma:.1f} meV")
 
-    MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=np.random.default_rng(0))
+    thermalize_momenta(atoms, temperature_K=300, rng=np.random.default_rng(0))
     dyn = Langevin(atoms, 0.5 * units.fs, temperature_K=300, friction=0.01,
                    rng=np.random.default_rng(1))
     print(f"{'time/fs':>8} {'E_pot/eV':>12} {'E_kin/eV':>9} {'T/K':>6}")
