@@ -20,7 +20,7 @@ from ase.build import molecule
 from ase.calculators.singlepoint import SinglePointCalculator
 
 import invcalc
-from invcalc import FeatureSpec, InvCalc, InvariantPotential, UnsupportedElementError
+from invcalc import InvCalc, InvariantPotential, UnsupportedElementError
 from invcalc.derivatives import evaluate
 from invcalc.train import CheckpointError, TrainConfig, add_train_arguments, config_from_args
 from invcalc.train import fit, fit_self_energies, read_labelled, run_train
@@ -30,15 +30,9 @@ from invcalc.training.dataset import split_indices
 from invcalc.training.objective import loss_terms, member_outputs
 from invcalc.units import ev_per
 
+from conftest import SMALL_FEATURES
+
 ELEMENTS = ("H", "C", "O")
-#: A small AEV (fast tests) with the default smooth cutoff.
-SMALL_FEATURES = FeatureSpec(
-    radial_cutoff=4.6,
-    radial_shifts=tuple(0.9 + 0.45 * i for i in range(8)),
-    angular_cutoff=3.1,
-    angular_shifts=(0.9, 1.7, 2.5),
-    angular_sections=tuple(np.pi * (2 * i + 1) / 8 for i in range(4)),
-)
 TRUE_E0 = [-13.6, -1029.8, -2041.3]
 NAMES = ["H2O", "CH4", "CH3OH", "C2H6", "H2CO", "HCOOH", "CH3CHO", "CH3CH2OH", "C2H4", "CO2"]
 
