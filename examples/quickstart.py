@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"ensemble uncertainty of the energy: {1000 * sigma:.1f} meV")
 
     thermalize_momenta(atoms, temperature_K=300, rng=np.random.default_rng(0))
-    dyn = Langevin(atoms, 0.5 * units.fs, temperature_K=300, friction=0.01,
+    dyn = Langevin(atoms, 0.5 * units.fs, temperature_K=300, friction=0.01, fixcm=False,
                    rng=np.random.default_rng(1))
     print(f"{'time/fs':>8} {'E_pot/eV':>12} {'E_kin/eV':>9} {'T/K':>6}")
 
