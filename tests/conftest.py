@@ -129,3 +129,22 @@ def morse_potential(dtype: torch.dtype = torch.float64) -> InvariantPotential:
                 # each pair is seen from both atoms: half the pair energy on each side
                 net.final_layer.weight[0, b * n_shift:(b + 1) * n_shift] = (0.5 * coef).to(dtype)
     return pot.eval()
+
+
+@pytest.fixture(scope="module")
+def one_omp_thread():
+    """Run tblite single-threaded in this process (two OpenMP threads on a busy 2-core
+    machine are many times slower), restoring the previous setting after."""
+    import ctypes
+    import os
+
+    pytest.importorskip("tblite.ase")
+    try:
+        gomp = ctypes.CDLL("libgomp.so.1", mode=getattr(os, "RTLD_NOLOAD", 0))
+    except OSError:
+        yield
+        return
+    before = gomp.omp_get_max_threads()
+    gomp.omp_set_num_threads(1)
+    yield
+    gomp.omp_set_num_threads(before)

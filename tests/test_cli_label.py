@@ -10,23 +10,7 @@ pytest.importorskip("tblite")
 from invcalc.cli import build_parser, main  # noqa: E402
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_omp_thread():
-    """``--workers 0`` runs tblite in this process: keep it to one OpenMP thread here
-    (two threads on a busy 2-core machine are many times slower), restoring after."""
-    import ctypes
-    import os
-
-    pytest.importorskip("tblite.ase")
-    try:
-        gomp = ctypes.CDLL("libgomp.so.1", mode=getattr(os, "RTLD_NOLOAD", 0))
-    except OSError:
-        yield
-        return
-    before = gomp.omp_get_max_threads()
-    gomp.omp_set_num_threads(1)
-    yield
-    gomp.omp_set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_omp_thread")
 
 TINY_ARGS = [
     "--conformers", "1", "--relax-frames", "1", "--temperatures", "400", "--md-frames", "1",

@@ -182,21 +182,6 @@ def test_clusters_do_not_overlap(n):
 # ---------------------------------------------------------------- xTB (tblite)
 
 
-@pytest.fixture(scope="module")
-def one_omp_thread():
-    """Run tblite single-threaded in this process, restoring the previous setting after."""
-    pytest.importorskip("tblite.ase")
-    try:
-        gomp = ctypes.CDLL("libgomp.so.1", mode=getattr(os, "RTLD_NOLOAD", 0))
-    except OSError:
-        yield
-        return
-    before = gomp.omp_get_max_threads()
-    gomp.omp_set_num_threads(1)
-    yield
-    gomp.omp_set_num_threads(before)
-
-
 def _one_omp_thread_here():
     try:
         ctypes.CDLL("libgomp.so.1", mode=getattr(os, "RTLD_NOLOAD", 0)).omp_set_num_threads(1)
