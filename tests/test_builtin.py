@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import os
 import urllib.error
 
 import pytest
 import torchani
 
 from invcalc import InvCalc, ModelNotAvailableError
-from invcalc.builtin import default_model_path
 
 
-@pytest.mark.skipif(os.path.isfile(default_model_path()), reason="a default model is installed")
-def test_missing_default_model_is_a_clear_error():
+def test_missing_default_model_is_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setattr(
+        "invcalc.builtin.default_model_path", lambda: str(tmp_path / "default.pt")
+    )
     with pytest.raises(ModelNotAvailableError, match="no embedded default model"):
         InvCalc()
 
