@@ -107,29 +107,57 @@ def geometry_rmsd(molecules: dict[str, Atoms], calc) -> dict:
             "max_rmsd_A": float(rmsd.max()), "molecules": rows}
 
 
-def md_stability(molecules: dict[str, Atoms], calc, ps: float, seed: int = 0) -> dict:
-    """Langevin MD at 300 K; a molecule fails when its bond graph changes."""
+def _md_one(job: tuple) -> tuple[str, bool]:
+    """Langevin MD at 300 K of one molecule; True when its bond graph never changed.
+
+    ``job``: (name, numbers, positions, calculator or model file/name, ps, index k,
+    seed, torch threads or None to leave them).  Top level, so that a process pool can
+    run it; a worker given a model name builds its own calculator.
+    """
+    import torch
     from ase.md.langevin import Langevin
     from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
 
+    from invcalc import InvCalc
     from invcalc.data.sampling import bond_pairs
 
-    results = {}
-    steps = int(round(ps * 1000 / 0.5))
-    for k, (name, mol) in enumerate(molecules.items()):
-        atoms = mol.copy()
-        atoms.calc = calc
-        bonds = {tuple(b) for b in bond_pairs(atoms).tolist()}
-        MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=np.random.default_rng(seed + k))
-        dyn = Langevin(atoms, 0.5 * units.fs, temperature_K=300, friction=0.01,
-                       rng=np.random.default_rng(seed + 1000 + k))
-        intact = True
-        for _ in range(0, steps, 100):
-            dyn.run(100)
-            if {tuple(b) for b in bond_pairs(atoms).tolist()} != bonds:
-                intact = False
-                break
-        results[name] = intact
+    name, numbers, positions, model, ps, k, seed, threads = job
+    if threads is not None:
+        torch.set_num_threads(threads)
+    atoms = Atoms(numbers, positions)
+    atoms.calc = model if not isinstance(model, str) else InvCalc(model, device="cpu")
+    bonds = {tuple(b) for b in bond_pairs(atoms).tolist()}
+    MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=np.random.default_rng(seed + k))
+    dyn = Langevin(atoms, 0.5 * units.fs, temperature_K=300, friction=0.01,
+                   rng=np.random.default_rng(seed + 1000 + k))
+    for _ in range(0, int(round(ps * 1000 / 0.5)), 100):
+        dyn.run(100)
+        if {tuple(b) for b in bond_pairs(atoms).tolist()} != bonds:
+            return name, False
+    return name, True
+
+
+def md_stability(molecules: dict[str, Atoms], calc, ps: float, seed: int = 0,
+                 workers: int = 1, model: str | None = None) -> dict:
+    """Langevin MD at 300 K; a molecule fails when its bond graph changes.
+
+    With ``workers`` > 1 the molecules run in that many processes (one torch thread
+    each), each loading ``model`` (a model file or name) itself; the trajectories are
+    the same as in one process (seeds are per molecule).
+    """
+    jobs = [(name, mol.numbers, mol.positions, calc, ps, k, seed, None)
+            for k, (name, mol) in enumerate(molecules.items())]
+    if workers > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        if model is None:
+            raise ValueError("md_stability with workers > 1 needs the model's file or name")
+        jobs = [job[:3] + (model,) + job[4:7] + (1,) for job in jobs]
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            results = dict(pool.map(_md_one, jobs))
+    else:
+        results = dict(map(_md_one, jobs))
     return {"ps": ps, "intact": int(sum(results.values())), "total": len(results),
             "broken": sorted(k for k, v in results.items() if not v)}
 
@@ -198,6 +226,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--md-ps", type=float, default=10.0, help="MD per molecule, ps (0: skip)")
     parser.add_argument("--water-ps", type=float, default=5.0, help="water box MD, ps (0: skip)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="processes for the per-molecule MD runs (default 1)")
     parser.add_argument("--limit", type=int, default=None, help="only the first N molecules")
     parser.add_argument("--card", default=None,
                         help="also write a model card JSON: this report, the model file's "
@@ -221,7 +251,9 @@ def main(argv: list[str] | None = None) -> None:
     molecules = relaxed_molecules(frames)
     report["geometry"] = geometry_rmsd(molecules, calc)
     if args.md_ps > 0:
-        report["md_stability"] = md_stability(molecules, calc, args.md_ps)
+        report["md_stability"] = md_stability(
+            molecules, calc, args.md_ps, workers=args.workers, model=args.model
+        )
     if args.water_ps > 0:
         report["water_box"] = water_rdf(calc, args.water_ps)
     report["seconds"] = time.perf_counter() - t0

@@ -165,6 +165,13 @@ def fit(
                     F=f"{record['force_mae_eV_per_A']:.3g} eV/Å",
                     lr=f"{lr:.2g}",
                 )
+            else:  # no bar (e.g. a log file): one line per epoch
+                log.info(
+                    "epoch %d/%d: train loss %.4g, monitored loss %.4g, E MAE %.3g meV/atom, "
+                    "F MAE %.3g eV/Å, lr %.2g, %.0f s", progress.epoch, config.epochs,
+                    train_loss, pred.member_loss, 1000 * record["energy_mae_per_atom_eV"],
+                    record["force_mae_eV_per_A"], lr, record["seconds"],
+                )
             if callback is not None:
                 callback(dict(record))
     finally:
