@@ -34,7 +34,7 @@ from invcalc.data.molecules import (  # noqa: E402
 def test_shipped_list_is_valid_unique_and_sized():
     entries = read_smiles_file()
     canonical = validate_entries(entries)  # raises listing every problem
-    assert 400 <= len(entries) <= 600
+    assert 400 <= len(entries) <= 1200  # "several hundred"
     assert len(set(canonical)) == len(entries)
     assert len({e.name for e in entries}) == len(entries)
     assert {e.category for e in entries} == set(CATEGORIES)
