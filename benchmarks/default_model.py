@@ -43,6 +43,7 @@ def structure_errors(frames: list[Atoms], calc) -> dict:
     per_mol: dict[str, list] = defaultdict(list)
     de, sig, fae = [], [], []
     per_elem: dict[str, list] = defaultdict(list)
+    per_kind: dict[str, list] = defaultdict(list)
     for a in frames:
         e_ref, f_ref = a.get_potential_energy(), a.get_forces()
         b = a.copy()
@@ -56,6 +57,7 @@ def structure_errors(frames: list[Atoms], calc) -> dict:
         for s, row in zip(a.get_chemical_symbols(), err):
             per_elem[s].append(row.mean())
         per_mol[a.info.get("name", "?")].append((abs(e - e_ref), err.mean()))
+        per_kind[_sampling_kind(a)].append((abs(e - e_ref), err.mean()))
     de, sig = np.array(de), np.array(sig)
     return {
         "structures": len(frames),
@@ -68,11 +70,25 @@ def structure_errors(frames: list[Atoms], calc) -> dict:
         "uncertainty_error_spearman": float(
             np.corrcoef(np.argsort(np.argsort(sig)), np.argsort(np.argsort(np.abs(de))))[0, 1]
         ),
-        "per_molecule": {
-            k: {"energy_mae_eV": float(np.mean([x[0] for x in v])),
-                "force_mae_eV_per_A": float(np.mean([x[1] for x in v])), "structures": len(v)}
-            for k, v in sorted(per_mol.items())
-        },
+        "per_kind": _mae_table(per_kind),
+        "per_molecule": _mae_table(per_mol),
+    }
+
+
+def _sampling_kind(atoms: Atoms) -> str:
+    """How a structure was sampled (``atoms.info['kind']``), MD frames by temperature."""
+    kind = str(atoms.info.get("kind", "?"))
+    if kind == "md":
+        return f"md_{float(atoms.info.get('temperature_K', 0)):.0f}K"
+    return kind
+
+
+def _mae_table(groups: dict[str, list]) -> dict:
+    """Energy (eV) and force (eV/Å) MAE of each group of (|dE|, force MAE) pairs."""
+    return {
+        k: {"energy_mae_eV": float(np.mean([x[0] for x in v])),
+            "force_mae_eV_per_A": float(np.mean([x[1] for x in v])), "structures": len(v)}
+        for k, v in sorted(groups.items())
     }
 
 
@@ -278,6 +294,10 @@ def main(argv: list[str] | None = None) -> None:
     ]
     for sym, v in sorted(s["force_mae_per_element_eV_per_A"].items()):
         lines.append(f"| force MAE on {sym} | {1000 * v:.0f} meV/Å | |")
+    for kind, v in s["per_kind"].items():
+        lines.append(f"| {kind} structures ({v['structures']}): energy / force MAE | "
+                     f"{v['energy_mae_eV'] * KCAL_PER_EV:.2f} kcal/mol / "
+                     f"{1000 * v['force_mae_eV_per_A']:.0f} meV/Å | |")
     if "md_stability" in report:
         m = report["md_stability"]
         lines.append(f"| intact after {m['ps']:g} ps Langevin MD at 300 K | {m['intact']}/{m['total']} | all |")

@@ -74,6 +74,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     add("--patience", type=int, default=d.patience,
         help=f"early-stopping patience in epochs (default: {d.patience})")
     add("--schedule", choices=["plateau", "cosine"], default=d.schedule)
+    add("--keep", choices=["best", "last"], default=d.keep,
+        help="weights written to the model file: the best validation epoch's or the last "
+             f"epoch's, e.g. after a cosine schedule (default: {d.keep}); may change on resume")
     add("--seed", type=int, default=d.seed)
     add("--device", help="torch device (default: cuda if available, else cpu)")
     add("--dtype", choices=["float32", "float64"], default=d.dtype)
@@ -111,7 +114,9 @@ def run_train(args: argparse.Namespace) -> int:
     val = result.report["validation"] or result.report["train"]
     split = "validation" if result.report["validation"] else "train"
     print(
-        f"wrote {result.model_path} (best epoch {result.best_epoch} of {result.epochs_run}"
+        f"wrote {result.model_path} (weights of epoch {result.report['kept_epoch']} of "
+        f"{result.epochs_run}, --keep {config.keep}; lowest monitored loss at epoch "
+        f"{result.best_epoch}"
         f"{', stopped early' if result.stopped_early else ''})\n"
         f"{split}: energy MAE {1000 * val['energy_mae_per_atom_eV']:.3g} meV/atom "
         f"({val['energy_mae_per_molecule_kcal_mol']:.3g} kcal/mol per molecule), "

@@ -311,3 +311,24 @@ def test_command_line_round_trip_and_run(data_file, tmp_path, capsys):
     assert "force MAE" in capsys.readouterr().out
     assert (tmp_path / "cli.pt").is_file() and (tmp_path / "cli.metrics.json").is_file()
     assert not (tmp_path / "cli.parity.png").exists()
+
+
+def test_keep_writes_the_last_or_the_best_epochs_weights(data_file, tmp_path):
+    # a rate far too high, so that the last epoch is not the best one
+    cfg = small_config(data_file, tmp_path / "k.pt", epochs=3, lr=0.3)
+    best = fit(cfg)
+    ckpt = load_checkpoint(cfg.checkpoint_path)
+    assert best.best_epoch < 3 and best.report["kept_epoch"] == best.best_epoch
+    # resuming a finished run with keep="last" trains no more and writes the last weights
+    last = fit(dataclass_replace(cfg, resume=True, keep="last"))
+    assert [h["epoch"] for h in last.history] == [1, 2, 3]
+    assert last.report["kept_epoch"] == 3
+    written = invcalc.load_model(last.model_path).state_dict()
+    for name, tensor in ckpt.model.items():
+        assert torch.equal(tensor.cpu(), last.potential.state_dict()[name].cpu()), name
+        assert torch.equal(tensor.cpu(), written[name]), name
+    for name, tensor in ckpt.best_model.items():
+        assert torch.equal(tensor.cpu(), best.potential.state_dict()[name].cpu()), name
+    assert any(not torch.equal(ckpt.model[k], ckpt.best_model[k]) for k in ckpt.model)
+    with pytest.raises(ValueError, match="keep"):
+        dataclass_replace(cfg, keep="first")

@@ -20,7 +20,8 @@ DTypeName = tp.Literal["float32", "float64"]
 
 #: Fields that may change between an interrupted run and its resumption.
 _FREE_ON_RESUME = frozenset(
-    {"data", "out", "checkpoint_dir", "device", "resume", "progress", "plot", "epochs", "patience"}
+    {"data", "out", "checkpoint_dir", "device", "resume", "progress", "plot", "epochs", "patience",
+     "keep"}
 )
 
 
@@ -66,6 +67,9 @@ class TrainConfig:
     #: "plateau" halves the rate after ``max(1, patience // 4)`` bad epochs; "cosine"
     #: anneals it to lr/100 over ``epochs``.  Training stops once it is below lr/1000.
     schedule: Schedule = "plateau"
+    #: Which weights the model file gets: "best" (lowest monitored loss) or "last" (those
+    #: of the final epoch, e.g. after a cosine schedule has annealed the rate).
+    keep: tp.Literal["best", "last"] = "best"
     seed: int = 0
     #: torch device ("cpu", "cuda", "cuda:1"); None picks CUDA when available.
     device: str | None = None
@@ -99,6 +103,7 @@ class TrainConfig:
         need(self.patience >= 1, "patience must be at least 1")
         need(len(self.hidden) >= 1 and min(self.hidden) >= 1, "hidden needs positive widths")
         need(self.schedule in ("plateau", "cosine"), "schedule must be 'plateau' or 'cosine'")
+        need(self.keep in ("best", "last"), "keep must be 'best' or 'last'")
         need(self.dtype in ("float32", "float64"), "dtype must be 'float32' or 'float64'")
         if self.elements is not None:
             need(len(self.elements) >= 1, "elements must not be empty")
@@ -157,8 +162,8 @@ class TrainConfig:
     def resume_mismatches(self, saved: dict[str, tp.Any]) -> list[str]:
         """Differences from a checkpoint's config that forbid resuming (empty when fine).
 
-        Paths (the data are compared by content instead), device, display, ``epochs``
-        and ``patience`` may change, except that a cosine schedule depends on ``epochs``.
+        Paths (the data are compared by content instead), device, display, ``epochs``,
+        ``patience`` and ``keep`` may change, except that a cosine schedule depends on ``epochs``.
         """
         mine = self.to_json()
         free = set(_FREE_ON_RESUME)

@@ -41,7 +41,8 @@ MIN_LR_FRACTION = 1e-3
 
 @dataclasses.dataclass
 class TrainResult:
-    """What ``fit`` produced.  ``potential`` holds the best weights, in eval mode."""
+    """What ``fit`` produced.  ``potential`` holds the kept weights (``TrainConfig.keep``:
+    the best or the last epoch's), in eval mode."""
 
     potential: InvariantPotential
     model_path: Path
@@ -177,7 +178,8 @@ def fit(
     finally:
         if bar is not None:
             bar.close()
-    potential.load_state_dict(best)
+    if config.keep == "best":
+        potential.load_state_dict(best)
     potential.eval()
     return _finish(
         config, potential, data, cache, train_idx, val_idx, baseline, fingerprint, progress
@@ -246,6 +248,7 @@ def _finish(
         "train": metrics(train_pred),
         "best_epoch": progress.best_epoch,
         "epochs_run": progress.epoch,
+        "kept_epoch": progress.best_epoch if config.keep == "best" else progress.epoch,
         "stopped_early": progress.stopped,
         "reference_method": data.reference_method,
         "data": {
