@@ -5,8 +5,8 @@
 
 Reports (JSON + markdown table):
 - energy MAE per molecule (eV, kcal/mol) and force MAE (eV/Å) over every held-out
-  structure, per element and per molecule, and how the ensemble spread correlates with
-  the actual error;
+  structure, per element, per sampling kind (relaxation path, MD by temperature, ...)
+  and per molecule, and how the ensemble spread correlates with the actual error;
 - geometry: each held-out molecule relaxed with GFN2-xTB (tblite) to 0.01 eV/Å, then
   with the model from there; heavy-atom + H RMSD after optimal superposition;
 - stability: Langevin MD at 300 K for ``--md-ps`` on every held-out molecule, checking
