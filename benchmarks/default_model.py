@@ -56,8 +56,9 @@ def structure_errors(frames: list[Atoms], calc) -> dict:
         fae.append(err.mean())
         for s, row in zip(a.get_chemical_symbols(), err):
             per_elem[s].append(row.mean())
-        per_mol[a.info.get("name", "?")].append((abs(e - e_ref), err.mean()))
-        per_kind[_sampling_kind(a)].append((abs(e - e_ref), err.mean()))
+        pair = (abs(e - e_ref), err.mean())
+        per_mol[a.info.get("name", "?")].append(pair)
+        per_kind[_sampling_kind(a)].append(pair)
     de, sig = np.array(de), np.array(sig)
     return {
         "structures": len(frames),
@@ -161,15 +162,16 @@ def md_stability(molecules: dict[str, Atoms], calc, ps: float, seed: int = 0,
     each), each loading ``model`` (a model file or name) itself; the trajectories are
     the same as in one process (seeds are per molecule).
     """
-    jobs = [(name, mol.numbers, mol.positions, calc, ps, k, seed, None)
+    if workers > 1 and model is None:
+        raise ValueError("md_stability with workers > 1 needs the model's file or name")
+    # in worker processes: the model by name and one torch thread each
+    source, threads = (model, 1) if workers > 1 else (calc, None)
+    jobs = [(name, mol.numbers, mol.positions, source, ps, k, seed, threads)
             for k, (name, mol) in enumerate(molecules.items())]
     if workers > 1:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
-        if model is None:
-            raise ValueError("md_stability with workers > 1 needs the model's file or name")
-        jobs = [job[:3] + (model,) + job[4:7] + (1,) for job in jobs]
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             results = dict(pool.map(_md_one, jobs))
     else:
