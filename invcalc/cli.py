@@ -17,6 +17,14 @@ import warnings
 from typing import Callable, Sequence
 
 
+def _add_pool_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-j", "--workers", type=int, default=1,
+                   help="worker processes, one OpenMP thread each by default; 0 runs in this process "
+                        "with the OpenMP threads its environment gives (default: 1)")
+    p.add_argument("--threads-per-worker", type=int, default=1,
+                   help="OpenMP (and torch) threads of each worker process (default: 1)")
+
+
 def _add_label_parser(subparsers: argparse._SubParsersAction) -> None:
     from invcalc.data.tasks import SamplingConfig
 
@@ -36,11 +44,7 @@ def _add_label_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--split", choices=("train", "test", "all"), default="train",
                    help="molecules to label (default: train; test molecules are held out)")
     p.add_argument("-o", "--output", default=None, help="extxyz output (default: gfn2xtb_<split>.extxyz)")
-    p.add_argument("-j", "--workers", type=int, default=1,
-                   help="worker processes, one OpenMP thread each by default; 0 runs in this process "
-                        "with the OpenMP threads its environment gives (default: 1)")
-    p.add_argument("--threads-per-worker", type=int, default=1,
-                   help="OpenMP threads of each worker process (default: 1)")
+    _add_pool_arguments(p)
     p.add_argument("--limit", type=int, default=None, help="only the first N molecules of the split")
     p.add_argument("--seed", type=int, default=0, help="global seed (default: 0)")
     g = p.add_argument_group("per-molecule sampling")
@@ -65,7 +69,6 @@ def _add_label_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_label(args: argparse.Namespace) -> int:
-    from invcalc.data.labels import label_dataset, make_process_pool
     from invcalc.data.molecules import read_smiles_file, select
     from invcalc.data.tasks import SamplingConfig, plan_tasks
 
@@ -84,7 +87,12 @@ def _run_label(args: argparse.Namespace) -> int:
     if args.limit is not None:
         entries = select(entries, args.split)[: args.limit]
     tasks = plan_tasks(entries, config, split=args.split, seed=args.seed, n_clusters=args.clusters)
-    output = args.output or f"gfn2xtb_{args.split}.extxyz"
+    return _label_tasks(tasks, args.output or f"gfn2xtb_{args.split}.extxyz", args)
+
+
+def _label_tasks(tasks: list, output: str, args: argparse.Namespace) -> int:
+    """Run labelling tasks with a progress bar and print what happened (label, explore)."""
+    from invcalc.data.labels import label_dataset, make_process_pool
 
     from tqdm.auto import tqdm
 
@@ -119,6 +127,53 @@ def _run_label(args: argparse.Namespace) -> int:
     return 1 if summary.errors else 0
 
 
+def _add_explore_parser(subparsers: argparse._SubParsersAction) -> None:
+    from invcalc.data.explore import ExploreConfig
+
+    d = ExploreConfig()
+    p = subparsers.add_parser(
+        "explore",
+        help="active learning: label with GFN2-xTB what a model's own MD visits",
+        description=(
+            "Run Langevin MD with MODEL on the training molecules (and on periodic "
+            "water/methanol boxes, carving clusters around the closest contacts), keep the "
+            "frames where the ensemble disagrees most, and label them with GFN2-xTB. Output "
+            "and resuming as for invcalc label; add the file to the training data."
+        ),
+    )
+    p.add_argument("model", help="model file whose MD explores")
+    p.add_argument("-o", "--output", required=True, help="extxyz output")
+    _add_pool_arguments(p)
+    p.add_argument("--smiles", default=None, help="SMILES list (default: the shipped invcalc/data/molecules.smi)")
+    p.add_argument("--limit", type=int, default=None, help="only the first N training molecules")
+    p.add_argument("--seed", type=int, default=0, help="global seed (default: 0)")
+    p.add_argument("--temperatures", type=float, nargs="+", default=list(d.temperatures_K), metavar="K",
+                   help="MD temperatures, one trajectory per molecule each")
+    p.add_argument("--steps", type=int, default=d.steps, help="MD steps per trajectory (0.5 fs)")
+    p.add_argument("--frames", type=int, default=d.frames,
+                   help="highest-spread frames kept per trajectory (plus a broken one)")
+    p.add_argument("--boxes", type=int, default=0, help="periodic boxes (water, methanol, mixed in turn)")
+    p.add_argument("--box-steps", type=int, default=d.box_steps, help="MD steps per box")
+    p.add_argument("--box-frames", type=int, default=d.box_frames, help="carved clusters kept per box")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_run_explore)
+
+
+def _run_explore(args: argparse.Namespace) -> int:
+    from invcalc.data.explore import ExploreConfig, plan_explore_tasks
+    from invcalc.data.molecules import read_smiles_file, select
+
+    config = ExploreConfig(
+        temperatures_K=tuple(args.temperatures), steps=args.steps, frames=args.frames,
+        box_steps=args.box_steps, box_frames=args.box_frames,
+    )
+    entries = read_smiles_file(args.smiles)
+    if args.limit is not None:
+        entries = select(entries, "train")[: args.limit]
+    tasks = plan_explore_tasks(entries, args.model, config, seed=args.seed, n_boxes=args.boxes)
+    return _label_tasks(tasks, args.output, args)
+
+
 def _add_train_parser(subparsers: argparse._SubParsersAction) -> None:
     from invcalc.train import add_train_arguments, run_train
 
@@ -137,6 +192,7 @@ def _add_train_parser(subparsers: argparse._SubParsersAction) -> None:
 
 _SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     _add_label_parser,
+    _add_explore_parser,
     _add_train_parser,
 )
 

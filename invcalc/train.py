@@ -27,7 +27,7 @@ import sys
 from invcalc.spec import FeatureSpec
 from invcalc.training.baseline import SelfEnergyFit, fit_self_energies
 from invcalc.training.checkpoint import CheckpointError
-from invcalc.training.config import TrainConfig
+from invcalc.training.config import TrainConfig, architecture_of
 from invcalc.training.dataset import LabelledData, read_labelled
 from invcalc.training.loop import TrainResult, fit
 
@@ -56,11 +56,14 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     add("--features", metavar="JSON",
         help="AEV hyper-parameters overriding the defaults: JSON text or a .json file, "
              "e.g. '{\"radial_cutoff\": 5.0}'")
-    add("--hidden", nargs="+", type=int, default=list(d.hidden), metavar="WIDTH",
+    add("--hidden", nargs="+", type=int, metavar="WIDTH",
         help=f"hidden-layer widths (default: {' '.join(map(str, d.hidden))})")
-    add("--activation", choices=["gelu", "silu", "celu"], default=d.activation)
-    add("--ensemble-size", type=int, default=d.ensemble_size,
+    add("--activation", choices=["gelu", "silu", "celu"], help=f"(default: {d.activation})")
+    add("--ensemble-size", type=int,
         help=f"independently trained members (default: {d.ensemble_size})")
+    add("--init", metavar="MODEL",
+        help="fine-tune: start from this model file's weights and self-energies; its "
+             "architecture is kept (architecture options default to it)")
     add("--epochs", type=int, default=d.epochs, help=f"maximum epochs (default: {d.epochs})")
     add("--batch-size", type=int, default=d.batch_size, help=f"(default: {d.batch_size})")
     add("--lr", type=float, default=d.lr, help=f"initial AdamW learning rate (default: {d.lr})")
@@ -102,6 +105,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     for key in ("elements", "hidden"):
         if key in values:
             values[key] = tuple(values[key])
+    if values.get("init") is not None:  # fine-tuning: the model's architecture by default
+        for key, value in architecture_of(values["init"]).items():
+            values.setdefault(key, value)
     return TrainConfig(**values)
 
 

@@ -332,3 +332,28 @@ def test_keep_writes_the_last_or_the_best_epochs_weights(data_file, tmp_path):
     assert any(not torch.equal(ckpt.model[k], ckpt.best_model[k]) for k in ckpt.model)
     with pytest.raises(ValueError, match="keep"):
         dataclass_replace(cfg, keep="first")
+
+
+def test_fine_tuning_starts_from_the_model_and_keeps_its_architecture(data_file, tmp_path):
+    base = fit(small_config(data_file, tmp_path / "base.pt", epochs=2, plot=False))
+    start = invcalc.load_model(base.model_path).state_dict()
+    # a rate so small that one epoch cannot move the weights measurably
+    tuned = fit(small_config(data_file, tmp_path / "tuned.pt", epochs=1, lr=1e-12,
+                             init=str(base.model_path), plot=False))
+    for name, tensor in start.items():
+        torch.testing.assert_close(tuned.potential.state_dict()[name].cpu(), tensor,
+                                   rtol=0, atol=1e-8, msg=name)
+    assert torch.equal(tuned.potential.self_energies.cpu(), start["self_energies"])
+    assert tuned.report["self_energy_fit"]["used"] is False
+    assert tuned.history[0]["monitored_loss"] == pytest.approx(
+        base.history[base.best_epoch - 1]["monitored_loss"], rel=1e-6)
+    # a fresh run with the same settings starts elsewhere
+    fresh = fit(small_config(data_file, tmp_path / "fresh.pt", epochs=1, lr=1e-12, plot=False))
+    assert fresh.history[0]["monitored_loss"] > 2 * tuned.history[0]["monitored_loss"]
+    with pytest.raises(ValueError, match=r"hidden \(8, 8\) \(the model has \(16, 16\)\)"):
+        fit(small_config(data_file, tmp_path / "bad.pt", hidden=(8, 8), init=str(base.model_path)))
+    # on the command line the architecture defaults to the model's
+    parser = add_train_arguments(argparse.ArgumentParser(prog="invcalc train"))
+    args = parser.parse_args([data_file, "--out", str(tmp_path / "c.pt"), "--init", str(base.model_path)])
+    cfg = config_from_args(args)
+    assert (cfg.hidden, cfg.ensemble_size, cfg.features, cfg.elements) == ((16, 16), 2, SMALL_FEATURES, ELEMENTS)

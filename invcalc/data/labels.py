@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -136,14 +137,17 @@ def record_to_atoms(record: Record) -> Atoms:
 def set_openmp_threads(n_threads: int = 1) -> None:
     """Limit OpenMP to ``n_threads`` in *this* process -- for worker initializers only.
 
-    Sets ``OMP_NUM_THREADS`` (read by OpenMP runtimes loaded later) and calls
-    ``omp_set_num_threads`` on any of libgomp / libiomp5 / libomp already loaded.
+    Sets ``OMP_NUM_THREADS`` (read by OpenMP runtimes loaded later), calls
+    ``omp_set_num_threads`` on any of libgomp / libiomp5 / libomp already loaded, and
+    ``torch.set_num_threads`` when torch is loaded (exploration runs a model's MD).
     Never call it from a process you do not own (e.g. a user's interpreter): it is
     the worker-side half of :func:`make_process_pool`.
     """
     if n_threads < 1:
         raise ValueError(f"n_threads must be >= 1, got {n_threads}")
     os.environ["OMP_NUM_THREADS"] = str(n_threads)
+    if "torch" in sys.modules:  # already loaded (importing invcalc does): its own pool too
+        sys.modules["torch"].set_num_threads(n_threads)
     for name in ("libgomp.so.1", "libiomp5.so", "libomp.so", "libomp.dylib"):
         try:
             lib = ctypes.CDLL(name, mode=getattr(os, "RTLD_NOLOAD", 0) | ctypes.RTLD_GLOBAL)

@@ -25,6 +25,7 @@ from typing import Any, Literal, Sequence
 
 import numpy as np
 
+from invcalc.data.explore import ExploreTask
 from invcalc.data.molecules import MoleculeEntry, select, validate_entries
 
 #: Bump when sampling changes so that old task ids (and their outputs) are not reused.
@@ -188,14 +189,14 @@ def plan_tasks(
     return tasks
 
 
-def run_task(task: LabelTask) -> TaskResult:
+def run_task(task: LabelTask | ExploreTask) -> TaskResult:
     """Sample and label one task with one tblite calculator (top-level: picklable).
 
     Returns:
         A :class:`TaskResult` whose records carry ``info``: ``ref_method``,
         ``ref_code`` (tblite version), ``name``, ``smiles``, ``category``, ``split``,
         ``kind`` (relax, md, normal_mode, rattle, cluster_packed, cluster_relax,
-        cluster_md), ``temperature_K`` (0 for relax, rattle and packed/relaxed clusters),
+        cluster_md; explore_md, explore_cluster for :mod:`invcalc.data.explore` tasks), ``temperature_K`` (0 for relax, rattle and packed/relaxed clusters),
         ``task_id``, ``frame`` and, where they apply, ``conformer``, ``sigma_A`` and
         ``n_molecules``.
     """
@@ -209,6 +210,10 @@ def run_task(task: LabelTask) -> TaskResult:
         frames = _sample_molecule(task, calc, rng, result)
     elif task.kind == "cluster":
         frames = _sample_cluster(task, calc, rng, result)
+    elif isinstance(task, ExploreTask):
+        from invcalc.data.explore import sample_explore
+
+        frames = sample_explore(task, result)
     else:
         raise ValueError(f"unknown task kind {task.kind!r}")
     common = {

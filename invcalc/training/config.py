@@ -82,6 +82,11 @@ class TrainConfig:
     #: ``atoms.arrays[forces_key]`` instead of the attached (single-point) calculator.
     energy_key: str | None = None
     forces_key: str | None = None
+    #: Fine-tuning: start from this model file's weights and self-energies (e.g. to add
+    #: active-learning data) instead of fresh ones.  Its elements, features and networks
+    #: are the architecture: ``elements``/``features``/``hidden``/``activation``/
+    #: ``ensemble_size`` must agree with it (``architecture_of`` reads them).
+    init: str | None = None
     #: Show tqdm progress bars; write the parity plot (needs matplotlib).
     progress: bool = True
     plot: bool = True
@@ -202,6 +207,33 @@ class TrainConfig:
             else:
                 words += [flag, str(value)]
         return shlex.join(words)
+
+
+def architecture_of(model_path: str | os.PathLike) -> dict[str, tp.Any]:
+    """The ``TrainConfig`` architecture fields of a model file (for ``init``).
+
+    Returns ``elements``, ``features``, ``hidden``, ``activation`` and ``ensemble_size``.
+
+    Raises:
+        ValueError: the model's element networks differ in width (``hidden`` cannot say
+            that) or its energies are not in eV (a wrapped torchani model).
+    """
+    from invcalc.modelfile import read_metadata
+    from invcalc.spec import ModelSpec
+
+    spec = ModelSpec.from_json(read_metadata(model_path)["spec"])
+    widths = {tuple(dims[1:-1]) for dims in spec.networks.layers.values()}
+    if len(widths) != 1:
+        raise ValueError(f"{model_path}: element networks of different widths cannot be fine-tuned")
+    if spec.energy_unit != "eV":
+        raise ValueError(f"{model_path}: energies in {spec.energy_unit}; fine-tuning needs an eV model")
+    return {
+        "elements": tuple(spec.elements),
+        "features": spec.features,
+        "hidden": widths.pop(),
+        "activation": spec.networks.activation,
+        "ensemble_size": spec.networks.ensemble_size,
+    }
 
 
 def _jsonish(value: tp.Any) -> tp.Any:

@@ -90,11 +90,15 @@ def fit(
     )
     data = _to_device(data, device)
     train_idx, val_idx = train_idx.to(device), val_idx.to(device)
-    potential = InvariantPotential.build(
-        elements, features=config.features, hidden=config.hidden,
-        activation=config.activation, ensemble_size=config.ensemble_size,
-        self_energies=baseline.self_energies.tolist(), seed=config.seed,
-    ).to(device=device, dtype=dtype)
+    if config.init is not None:
+        potential = _initial_model(config, elements)
+    else:
+        potential = InvariantPotential.build(
+            elements, features=config.features, hidden=config.hidden,
+            activation=config.activation, ensemble_size=config.ensemble_size,
+            self_energies=baseline.self_energies.tolist(), seed=config.seed,
+        )
+    potential = potential.to(device=device, dtype=dtype)
     cache = PairCache.build(data, potential.element_indices, potential.cutoff, dtype)
     optimizer = torch.optim.AdamW(
         potential.networks.parameters(), lr=config.lr, weight_decay=config.weight_decay
@@ -260,8 +264,9 @@ def _finish(
             "elements": list(elements),
             "sha256": fingerprint,
         },
-        "self_energies_eV": dict(zip(elements, baseline.self_energies.tolist())),
-        "self_energy_fit": {"rank": baseline.rank, "rmse_per_atom_eV": baseline.rmse_per_atom},
+        "self_energies_eV": dict(zip(elements, potential.self_energies.tolist())),
+        "self_energy_fit": {"rank": baseline.rank, "rmse_per_atom_eV": baseline.rmse_per_atom,
+                            "used": config.init is None},
         "command": config.command(),
         "config": config.to_json(),
         "invcalc_version": __version__,
@@ -326,6 +331,36 @@ def _step(scheduler: tp.Any, monitored: float) -> None:
         scheduler.step(monitored)
     else:
         scheduler.step()
+
+
+def _initial_model(config: TrainConfig, elements: tp.Sequence[str]) -> InvariantPotential:
+    """The ``config.init`` model, trainable, after checking the config agrees with it.
+
+    Its self-energies are kept (the networks learned relative to them).
+    """
+    from invcalc.modelfile import load_model
+    from invcalc.training.config import architecture_of
+
+    arch = architecture_of(config.init)
+    given = {"elements": tuple(config.elements or elements), "features": config.features,
+             "hidden": config.hidden, "activation": config.activation,
+             "ensemble_size": config.ensemble_size}
+    if config.features is None:
+        given.pop("features")
+    if config.elements is None:  # elements from the data: need only be covered
+        missing = set(elements) - set(arch["elements"])
+        if missing:
+            raise ValueError(f"{config.init}: the data hold {', '.join(sorted(missing))}, "
+                             f"which the model to fine-tune lacks ({', '.join(arch['elements'])})")
+        given.pop("elements")
+    wrong = [f"{k} {v!r} (the model has {arch[k]!r})" for k, v in given.items() if v != arch[k]]
+    if wrong:
+        raise ValueError(f"init={config.init}: the architecture is the model's; these differ: "
+                         + "; ".join(wrong))
+    potential = load_model(config.init)
+    potential.requires_grad_(True)
+    potential.metadata = {}
+    return potential
 
 
 def _copy_state(potential: InvariantPotential) -> dict[str, Tensor]:
