@@ -12,6 +12,8 @@ Submodules (import them directly; nothing heavy is imported here):
 - :mod:`invcalc.data.labels` -- tblite single points and ``label_dataset``, parallel over
   any ``concurrent.futures.Executor``.
 - :mod:`invcalc.data.store` -- the resumable extxyz output and its journal.
+- :mod:`invcalc.data.explore` -- active learning: tasks that run a trained model's MD
+  and label the frames its ensemble is least sure of (``invcalc explore``).
 
 Typical use (what ``invcalc label`` does)::
 
@@ -28,4 +30,4 @@ lazily inside the functions that need them, so importing this package is cheap a
 never touches OpenMP settings.
 """
 
-__all__ = ["molecules", "conformers", "sampling", "tasks", "labels", "store"]
+__all__ = ["molecules", "conformers", "sampling", "tasks", "labels", "store", "explore"]
