@@ -84,8 +84,9 @@ class TrainConfig:
     forces_key: str | None = None
     #: Fine-tuning: start from this model file's weights and self-energies (e.g. to add
     #: active-learning data) instead of fresh ones.  Its elements, features and networks
-    #: are the architecture: ``elements``/``features``/``hidden``/``activation``/
-    #: ``ensemble_size`` must agree with it (``architecture_of`` reads them).
+    #: are the architecture: ``hidden``/``activation``/``ensemble_size`` must agree with
+    #: it, and so must ``elements``/``features`` unless None (``architecture_of`` reads
+    #: them all; the command line defaults them to the model's).
     init: str | None = None
     #: Show tqdm progress bars; write the parity plot (needs matplotlib).
     progress: bool = True
