@@ -243,19 +243,11 @@ def _model_md(atoms: Atoms, calc, temperature_K: float, steps: int, cfg: Explore
               rng: np.random.Generator, check) -> None:
     """Langevin MD with the model; ``check(atoms)`` every ``check_interval`` steps
     returns False to stop. Also stops at atom overlaps or runaway heating."""
-    from ase.constraints import FixCom
-    from ase.md import velocitydistribution as vd
-    from ase.md.langevin import Langevin
+    from invcalc.data.sampling import thermalized_langevin
 
     atoms.calc = calc
-    if hasattr(vd, "thermalize_momenta"):  # ASE >= 3.29
-        vd.thermalize_momenta(atoms, temperature_K, rng=rng)
-    else:  # pragma: no cover - older ASE
-        vd.MaxwellBoltzmannDistribution(atoms, temperature_K=temperature_K, rng=rng)
-    vd.Stationary(atoms)
-    atoms.set_constraint(FixCom())
-    dyn = Langevin(atoms, timestep=cfg.timestep_fs * units.fs, temperature_K=temperature_K,
-                   friction=cfg.friction_per_fs / units.fs, fixcm=False, rng=rng, logfile=None)
+    dyn = thermalized_langevin(atoms, temperature_K, rng, timestep_fs=cfg.timestep_fs,
+                               friction_per_fs=cfg.friction_per_fs)
     for _ in range(0, steps, cfg.check_interval):
         dyn.run(cfg.check_interval)
         if not np.isfinite(atoms.positions).all():

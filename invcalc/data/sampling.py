@@ -157,28 +157,11 @@ def langevin_md(
     Returns:
         Up to ``n_frames`` geometries.
     """
-    from ase.constraints import FixCom
-    from ase.md import velocitydistribution as vd
-    from ase.md.langevin import Langevin
-
     work = _geometry(atoms)
     bonds = bond_pairs(work) if bonds is None else bonds
     work.calc = calc
-    if hasattr(vd, "thermalize_momenta"):  # ASE >= 3.29
-        vd.thermalize_momenta(work, temperature_K, rng=rng)
-    else:  # pragma: no cover - older ASE
-        vd.MaxwellBoltzmannDistribution(work, temperature_K=temperature_K, rng=rng)
-    vd.Stationary(work)
-    work.set_constraint(FixCom())
-    dyn = Langevin(
-        work,
-        timestep=timestep_fs * units.fs,
-        temperature_K=temperature_K,
-        friction=friction_per_fs / units.fs,
-        fixcm=False,
-        rng=rng,
-        logfile=None,
-    )
+    dyn = thermalized_langevin(work, temperature_K, rng, timestep_fs=timestep_fs,
+                               friction_per_fs=friction_per_fs)
     frames: list[Atoms] = []
     try:
         if equilibration:
@@ -192,6 +175,25 @@ def langevin_md(
         pass
     work.calc = None
     return frames
+
+
+def thermalized_langevin(atoms: Atoms, temperature_K: float, rng: np.random.Generator, *,
+                         timestep_fs: float = 0.5, friction_per_fs: float = FRICTION_PER_FS):
+    """An ASE ``Langevin`` driver for ``atoms`` (calculator attached), modified in place:
+    Maxwell-Boltzmann momenta at ``temperature_K`` without net momentum, and the centre
+    of mass fixed by ``FixCom`` (ASE's recommended replacement for ``fixcm=True``)."""
+    from ase.constraints import FixCom
+    from ase.md import velocitydistribution as vd
+    from ase.md.langevin import Langevin
+
+    if hasattr(vd, "thermalize_momenta"):  # ASE >= 3.29
+        vd.thermalize_momenta(atoms, temperature_K, rng=rng)
+    else:  # pragma: no cover - older ASE
+        vd.MaxwellBoltzmannDistribution(atoms, temperature_K=temperature_K, rng=rng)
+    vd.Stationary(atoms)
+    atoms.set_constraint(FixCom())
+    return Langevin(atoms, timestep=timestep_fs * units.fs, temperature_K=temperature_K,
+                    friction=friction_per_fs / units.fs, fixcm=False, rng=rng, logfile=None)
 
 
 def hessian(atoms: Atoms, calc: Calculator, delta: float = 0.005) -> np.ndarray:
