@@ -39,8 +39,10 @@ BLOCK = 512
 
 class _Element(tp.NamedTuple):
     """One element's stacked networks, L layers: ``weights[k]`` (M, in, out),
-    ``weights_t[k]`` (M, out, in) contiguous for the backward sweep, ``biases[k]``
-    (M, 1, out) or None; ``last_mean``: ``weights_t[L-1] / M`` for the ensemble mean."""
+    ``weights_t[k]`` (M, out, in) its transposed *view* for the backward sweep (BLAS
+    reads it in place: one copy of the weights streams through the cache per call, not
+    two), ``biases[k]`` (M, 1, out) or None; ``last_mean``: ``weights_t[L-1] / M`` for
+    the ensemble mean."""
 
     weights: tuple[Tensor, ...]
     weights_t: tuple[Tensor, ...]
@@ -83,7 +85,7 @@ class FusedEnsemble:
             nets = []
             for e in self.elements:
                 w0 = e.weights[0].index_select(1, columns)
-                weights_t = (w0.transpose(1, 2).contiguous(), *e.weights_t[1:])
+                weights_t = (w0.transpose(1, 2), *e.weights_t[1:])
                 last_mean = e.last_mean if len(e.weights) > 1 else weights_t[0] / self.members
                 nets.append(e._replace(
                     weights=(w0, *e.weights[1:]), weights_t=weights_t, last_mean=last_mean
@@ -162,7 +164,7 @@ def _stack_element(nets: list[torch.nn.Module]) -> tuple[_Element, torch.nn.Modu
     linears = [*bmm.layers, bmm.final_layer]
     has_bias = bool(bmm.has_biases)
     weights = tuple(lin.weight.detach().contiguous() for lin in linears)  # (M, in, out)
-    weights_t = tuple(w.transpose(1, 2).contiguous() for w in weights)
+    weights_t = tuple(w.transpose(1, 2) for w in weights)
     biases = tuple(lin.bias.detach().clone() if has_bias else None for lin in linears)
     last_mean = weights_t[-1] / len(nets)
     return _Element(weights, weights_t, biases, last_mean), bmm.activation

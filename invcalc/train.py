@@ -74,6 +74,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         help=f"fraction held out for validation (default: {d.val_fraction})")
     add("--group-key", metavar="KEY",
         help="keep structures with the same atoms.info[KEY] (e.g. smiles) in one split")
+    add("--max-force", type=float, metavar="EV_PER_A",
+        help="leave out structures with any reference force above this (eV/Å); "
+             "default: keep all")
     add("--patience", type=int, default=d.patience,
         help=f"early-stopping patience in epochs (default: {d.patience})")
     add("--schedule", choices=["plateau", "cosine"], default=d.schedule)

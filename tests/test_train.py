@@ -357,3 +357,22 @@ def test_fine_tuning_starts_from_the_model_and_keeps_its_architecture(data_file,
     args = parser.parse_args([data_file, "--out", str(tmp_path / "c.pt"), "--init", str(base.model_path)])
     cfg = config_from_args(args)
     assert (cfg.hidden, cfg.ensemble_size, cfg.features, cfg.elements) == ((16, 16), 2, SMALL_FEATURES, ELEMENTS)
+
+
+def test_max_force_leaves_out_the_structures_with_larger_forces(data_file, tmp_path):
+    data = read_labelled(data_file)
+    largest = data.max_force()
+    expected = [np.linalg.norm(a.get_forces(), axis=1).max() for a in ase.io.read(data_file, ":")]
+    np.testing.assert_allclose(largest.numpy(), expected, rtol=1e-12)
+    limit = float(largest.median())
+    kept = int((largest <= limit).sum())
+    assert 0 < kept < len(data)
+    result = fit(small_config(data_file, tmp_path / "mf.pt", epochs=1, max_force=limit, plot=False))
+    info = result.report["data"]
+    assert info["num_structures"] == kept
+    assert info["num_left_out_max_force"] == len(data) - kept
+    assert info["num_train"] + info["num_validation"] == kept
+    with pytest.raises(ValueError, match="every structure has a force above"):
+        fit(small_config(data_file, tmp_path / "none.pt", max_force=1e-9 * limit))
+    with pytest.raises(ValueError, match="max_force must be positive"):
+        small_config(data_file, tmp_path / "neg.pt", max_force=-1.0)

@@ -62,6 +62,10 @@ class TrainConfig:
     val_fraction: float = 0.1
     #: Keep structures sharing ``atoms.info[group_key]`` (e.g. "smiles") in one split.
     group_key: str | None = None
+    #: Leave out (of training and validation alike) every structure with an atom whose
+    #: reference force is larger than this (eV/Å): extreme, far-from-equilibrium
+    #: geometries that dominate a squared loss.  None keeps every structure.
+    max_force: float | None = None
     #: Early stopping: epochs without validation improvement before stopping.
     patience: int = 20
     #: "plateau" halves the rate after ``max(1, patience // 4)`` bad epochs; "cosine"
@@ -107,6 +111,7 @@ class TrainConfig:
         need(self.force_weight >= 0, "force_weight must be >= 0")
         need(0 <= self.val_fraction < 1, "val_fraction must be in [0, 1)")
         need(self.patience >= 1, "patience must be at least 1")
+        need(self.max_force is None or self.max_force > 0, "max_force must be positive")
         need(len(self.hidden) >= 1 and min(self.hidden) >= 1, "hidden needs positive widths")
         need(self.schedule in ("plateau", "cosine"), "schedule must be 'plateau' or 'cosine'")
         need(self.keep in ("best", "last"), "keep must be 'best' or 'last'")

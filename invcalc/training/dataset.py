@@ -65,6 +65,12 @@ class LabelledData:
         zs = symbols_to_numbers(elements)
         return torch.stack([(self.numbers == z).sum(1) for z in zs], 1).to(torch.float64)
 
+    def max_force(self) -> Tensor:
+        """(S,) largest atomic force magnitude of each structure (eV/Å, float64)."""
+        if self.forces.shape[1] == 0:
+            return self.forces.new_zeros(len(self))
+        return self.forces.norm(dim=-1).amax(dim=1)
+
     def subset(self, index: Tensor) -> "LabelledData":
         """The structures at ``index`` (1-D long), padding trimmed to the largest."""
         n = int(self.num_atoms[index].max()) if len(index) else 0

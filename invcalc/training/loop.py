@@ -75,6 +75,19 @@ def fit(
         config.data, energy_key=config.energy_key, forces_key=config.forces_key,
         group_key=config.group_key,
     )
+    dropped = 0
+    if config.max_force is not None:
+        keep = torch.nonzero(data.max_force() <= config.max_force).flatten()
+        dropped = len(data) - len(keep)
+        if not len(keep):
+            raise ValueError(
+                f"{config.data}: every structure has a force above max_force = "
+                f"{config.max_force} eV/Å"
+            )
+        if dropped:
+            log.info("left out %d of %d structures with a force above %g eV/Å",
+                     dropped, len(data), config.max_force)
+            data = data.subset(keep)
     elements = config.elements or data.elements
     data.check_elements(elements)
     fingerprint = data.fingerprint()
@@ -186,7 +199,8 @@ def fit(
         potential.load_state_dict(best)
     potential.eval()
     return _finish(
-        config, potential, data, cache, train_idx, val_idx, baseline, fingerprint, progress
+        config, potential, data, cache, train_idx, val_idx, baseline, fingerprint, progress,
+        dropped,
     )
 
 
@@ -239,8 +253,10 @@ def _finish(
     baseline: SelfEnergyFit,
     fingerprint: str,
     progress: Progress,
+    dropped: int = 0,
 ) -> TrainResult:
-    """Metrics, plot and model file for the best weights."""
+    """Metrics, plot and model file for the kept weights (``dropped``: structures left
+    out by ``max_force``)."""
     kw = dict(batch_size=config.batch_size, force_weight=config.force_weight)
     train_pred = predict(potential, data, cache, train_idx, **kw)
     val_pred: Predictions | None = None
@@ -261,6 +277,7 @@ def _finish(
             "num_train": int(len(train_idx)),
             "num_validation": int(len(val_idx)),
             "num_atoms": int(data.num_atoms.sum()),
+            "num_left_out_max_force": dropped,
             "elements": list(elements),
             "sha256": fingerprint,
         },
