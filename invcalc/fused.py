@@ -23,6 +23,7 @@ parameters: train through the torchani modules.
 
 from __future__ import annotations
 
+import operator
 import typing as tp
 
 import numpy as np
@@ -199,15 +200,18 @@ class _Key:
         self.params = [p for _, _, p in owned]
         # views keep the old storages alive, so no new tensor can reuse their address
         self.views = [p.detach() for p in self.params]
-        self.state = [(p._version, p.data_ptr()) for p in self.params]
+        self.versions = [p._version for p in self.params]
+        self.pointers = [p.data_ptr() for p in self.params]
 
     def matches(self, networks: Ensemble, extra: tuple[tp.Any, ...]) -> bool:
+        # runs on every call: whole-list comprehensions, not a Python loop per weight
         if networks is not self.networks or extra != self.extra:
             return False
-        for (params, name), p, state in zip(self.owners, self.params, self.state):
-            if params.get(name) is not p or (p._version, p.data_ptr()) != state:
-                return False
-        return True
+        return (
+            all(map(operator.is_, [ps.get(name) for ps, name in self.owners], self.params))
+            and [p._version for p in self.params] == self.versions
+            and [p.data_ptr() for p in self.params] == self.pointers
+        )
 
 
 class FusedCache:
