@@ -211,8 +211,9 @@ def water_rdf(calc, ps: float, seed: int = 0) -> dict:
             temperatures.append(box.get_temperature())
             for i in oxygens:
                 d = box.get_distances(i, oxygens, mic=True)
-                hist += np.histogram(d[d > 0], bins)[0]
-                closest = min(closest, float(d[d > 0].min()))
+                d = d[d > 0]  # the other oxygens
+                hist += np.histogram(d, bins)[0]
+                closest = min(closest, float(d.min()))
     shell = 4 / 3 * np.pi * (bins[1:] ** 3 - bins[:-1] ** 3)
     g = hist / shell
     g /= g[-20:].mean() if g[-20:].mean() > 0 else 1.0

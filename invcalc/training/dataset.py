@@ -260,6 +260,18 @@ def _pad(
     )
 
 
+def within_max_force(data: LabelledData, max_force: float) -> tuple[LabelledData, int]:
+    """The structures of ``data`` whose atomic forces are all at most ``max_force`` (eV/Å),
+    and how many were left out.  Raises ``ValueError`` when none is left."""
+    keep = torch.nonzero(data.max_force() <= max_force).flatten()
+    if not len(keep):
+        raise ValueError(
+            f"{data.source}: every structure has a force above max_force = {max_force} eV/Å"
+        )
+    dropped = len(data) - len(keep)
+    return (data.subset(keep) if dropped else data), dropped
+
+
 def split_indices(data: LabelledData, val_fraction: float, seed: int) -> tuple[Tensor, Tensor]:
     """Seeded (train, validation) index tensors; whole groups go to one side.
 

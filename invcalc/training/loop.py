@@ -30,6 +30,7 @@ from invcalc.training.checkpoint import Checkpoint, CheckpointError, Progress
 from invcalc.training.checkpoint import load_checkpoint, save_checkpoint
 from invcalc.training.config import TrainConfig
 from invcalc.training.dataset import LabelledData, read_labelled, split_indices
+from invcalc.training.dataset import within_max_force
 from invcalc.training.objective import loss_terms, member_outputs
 from invcalc.training.report import Predictions, metrics, parity_plot, predict
 
@@ -77,17 +78,10 @@ def fit(
     )
     dropped = 0
     if config.max_force is not None:
-        keep = torch.nonzero(data.max_force() <= config.max_force).flatten()
-        dropped = len(data) - len(keep)
-        if not len(keep):
-            raise ValueError(
-                f"{config.data}: every structure has a force above max_force = "
-                f"{config.max_force} eV/Å"
-            )
+        data, dropped = within_max_force(data, config.max_force)
         if dropped:
             log.info("left out %d of %d structures with a force above %g eV/Å",
-                     dropped, len(data), config.max_force)
-            data = data.subset(keep)
+                     dropped, len(data) + dropped, config.max_force)
     elements = config.elements or data.elements
     data.check_elements(elements)
     fingerprint = data.fingerprint()
@@ -253,7 +247,7 @@ def _finish(
     baseline: SelfEnergyFit,
     fingerprint: str,
     progress: Progress,
-    dropped: int = 0,
+    dropped: int,
 ) -> TrainResult:
     """Metrics, plot and model file for the kept weights (``dropped``: structures left
     out by ``max_force``)."""
