@@ -16,6 +16,12 @@ import sys
 import warnings
 from typing import Callable, Sequence
 
+_SMILES_HELP = (
+    "SMILES list file, or a shipped list by name: curated (the default, "
+    "invcalc/data/molecules.smi) or substituted (one-substituent derivatives of its "
+    "training molecules, invcalc/data/substituted.smi)"
+)
+
 
 def _add_pool_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-j", "--workers", type=int, default=1,
@@ -40,7 +46,7 @@ def _add_label_parser(subparsers: argparse._SubParsersAction) -> None:
             "pip install 'invcalc[data]'."
         ),
     )
-    p.add_argument("--smiles", default=None, help="SMILES list (default: the shipped invcalc/data/molecules.smi)")
+    p.add_argument("--smiles", default=None, help=_SMILES_HELP)
     p.add_argument("--split", choices=("train", "test", "all"), default="train",
                    help="molecules to label (default: train; test molecules are held out)")
     p.add_argument("-o", "--output", default=None, help="extxyz output (default: gfn2xtb_<split>.extxyz)")
@@ -144,7 +150,7 @@ def _add_explore_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("model", help="model file whose MD explores")
     p.add_argument("-o", "--output", required=True, help="extxyz output")
     _add_pool_arguments(p)
-    p.add_argument("--smiles", default=None, help="SMILES list (default: the shipped invcalc/data/molecules.smi)")
+    p.add_argument("--smiles", default=None, help=_SMILES_HELP)
     p.add_argument("--limit", type=int, default=None, help="only the first N training molecules")
     p.add_argument("--seed", type=int, default=0, help="global seed (default: 0)")
     p.add_argument("--temperatures", type=float, nargs="+", default=list(d.temperatures_K), metavar="K",

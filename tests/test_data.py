@@ -62,6 +62,51 @@ def test_shipped_strings_survive_extxyz():
             assert parsed == value and isinstance(parsed, str), value
 
 
+def test_substituted_list_is_its_command_output_disjoint_and_from_training_parents(tmp_path):
+    from invcalc.data import substitution
+
+    shipped = read_smiles_file("substituted")
+    canonical = validate_entries(shipped)
+    curated = read_smiles_file()
+    assert not set(canonical) & {e.smiles for e in curated}, "no curated molecule repeated"
+    for e in shipped:
+        assert e.split == split_for(e.smiles), e.name
+    parents = {e.name: e for e in curated}
+    for e in shipped:
+        parent = parents[e.name.rsplit("-", 1)[0]]
+        assert parent.split == "train", f"{e.name} derives from a held-out molecule"
+        assert e.category == parent.category
+    # the file is exactly what its documented command writes
+    first_line = open(substitution.Path(substitution.__file__).with_name("substituted.smi")).readline()
+    assert "substituted" in first_line
+    out = tmp_path / "substituted.smi"
+    substitution.main(["--count", "1500", "--seed", "0", "-o", str(out)])
+    assert read_smiles_file(out) == shipped
+
+
+def test_derivatives_substitute_each_carbon_symmetry_class_once():
+    from invcalc.data.substitution import SUBSTITUENTS, derivatives
+
+    toluene = MoleculeEntry("Cc1ccccc1", "toluene", "hydrocarbon", "train")
+    products = derivatives(toluene)
+    # methyl C, ipso has no H, ortho, meta, para: 4 classes
+    assert len(products) == 4 * len(SUBSTITUENTS)
+    fluoro = {s for n, s in products if "-F" in n}
+    assert fluoro == {"Cc1ccccc1F", "Cc1cccc(F)c1", "Cc1ccc(F)cc1", "FCc1ccccc1"}
+    chiral = derivatives(MoleculeEntry("C[C@H](N)C(=O)O", "alanine", "amino_acid", "train"))
+    products = dict(chiral)
+    assert products["alanine-Me1"] == "CC(C)(N)C(=O)O"  # the stereocentre goes away
+    assert products["alanine-F0"] == "N[C@@H](CF)C(=O)O"  # and is kept where it stays
+
+
+def test_shipped_list_names_resolve_and_unknown_names_are_refused():
+    from invcalc.data.molecules import default_smiles_path
+
+    assert read_smiles_file("curated") == read_smiles_file()
+    with pytest.raises(ValueError, match="no shipped molecule list 'nope'"):
+        default_smiles_path("nope")
+
+
 def test_store_round_trips_stereo_smiles(tmp_path):
     from ase import Atoms
     from ase.calculators.singlepoint import SinglePointCalculator

@@ -72,16 +72,25 @@ class MoleculeEntry:
     split: str
 
 
-def default_smiles_path() -> Path:
-    """Path of the shipped ``molecules.smi``."""
-    return Path(str(resources.files("invcalc.data").joinpath("molecules.smi")))
+#: Lists shipped with invcalc, by name: the curated list and its substituted derivatives
+#: (:mod:`invcalc.data.substitution`).
+SHIPPED_LISTS: dict[str, str] = {"curated": "molecules.smi", "substituted": "substituted.smi"}
+
+
+def default_smiles_path(name: str = "curated") -> Path:
+    """Path of a shipped list (``"curated"``: ``molecules.smi``; see :data:`SHIPPED_LISTS`)."""
+    if name not in SHIPPED_LISTS:
+        raise ValueError(f"no shipped molecule list {name!r}; shipped: {sorted(SHIPPED_LISTS)}")
+    return Path(str(resources.files("invcalc.data").joinpath(SHIPPED_LISTS[name])))
 
 
 def read_smiles_file(path: str | Path | None = None) -> list[MoleculeEntry]:
     """Read a molecule list.
 
     Args:
-        path: file to read; ``None`` reads the shipped list. Lines have 2-4 columns:
+        path: file to read; ``None`` reads the shipped curated list, and a name of
+            :data:`SHIPPED_LISTS` that is not an existing file reads that shipped list.
+            Lines have 2-4 columns:
             ``smiles name [category [split]]``; a missing category is ``"unknown"`` and
             a missing split is computed with :func:`split_for`.
 
@@ -92,7 +101,11 @@ def read_smiles_file(path: str | Path | None = None) -> list[MoleculeEntry]:
     Raises:
         ValueError: a line with fewer than 2 or more than 4 columns.
     """
-    path = default_smiles_path() if path is None else Path(path)
+    if path is None:
+        path = default_smiles_path()
+    elif str(path) in SHIPPED_LISTS and not Path(path).exists():
+        path = default_smiles_path(str(path))
+    path = Path(path)
     entries: list[MoleculeEntry] = []
     with open(path, encoding="utf-8") as fh:
         for lineno, raw in enumerate(fh, start=1):
