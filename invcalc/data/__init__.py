@@ -4,6 +4,8 @@ Submodules (import them directly; nothing heavy is imported here):
 
 - :mod:`invcalc.data.molecules` -- the curated SMILES list (``molecules.smi``), its
   validation and the deterministic train/test split.
+- :mod:`invcalc.data.substitution` -- the second shipped list (``substituted.smi``):
+  one-substituent derivatives of the curated training molecules.
 - :mod:`invcalc.data.conformers` -- SMILES -> 3D :class:`ase.Atoms` with RDKit.
 - :mod:`invcalc.data.sampling` -- xTB relaxation, Langevin MD, normal-mode and random
   displacements, molecular clusters.
@@ -30,4 +32,4 @@ lazily inside the functions that need them, so importing this package is cheap a
 never touches OpenMP settings.
 """
 
-__all__ = ["molecules", "conformers", "sampling", "tasks", "labels", "store", "explore"]
+__all__ = ["molecules", "substitution", "conformers", "sampling", "tasks", "labels", "store", "explore"]
