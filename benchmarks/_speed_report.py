@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from _speed_profile import profile_table
+
 COLUMNS = (
     ("invcalc", "invcalc"),
     ("torchani", "torchani ASE"),
@@ -33,6 +35,19 @@ def _fmt(ms: float | None) -> str:
     if ms is None:
         return "—"
     return f"{ms / 1000:.2f} s" if ms >= 1000 else f"{ms:.3g} ms"
+
+
+def _load_note(meta: dict[str, tp.Any]) -> str:
+    """Whether other jobs shared the CPU, from the 1-minute load averages (which count
+    this benchmark's own busy thread(s) too)."""
+    start, end = meta["load_average_start"][0], meta["load_average_end"][0]
+    loads = f"load average {start:.1f} at the start, {end:.1f} at the end"
+    if max(start, end) > meta["threads"] + 0.5:
+        return (f"The machine was shared with other jobs ({loads}; {meta['cpu_count']} cores), "
+                "so absolute times are inflated; the calculators ran interleaved, so the "
+                "ratios are fair.")
+    return (f"No other jobs ran ({loads}, this benchmark's own thread(s) included); the "
+            "calculators ran interleaved.")
 
 
 def table(results: dict[str, tp.Any]) -> str:
@@ -120,10 +135,7 @@ def write_report(results: dict[str, tp.Any], out: Path) -> None:
         "",
         f"CPU: {meta['cpu_count']} cores ({meta['cpu']}), **{meta['threads']} thread(s)** for "
         f"torch, MKL, OpenBLAS and tblite; torch {meta['torch']}; {meta['model']}; Verlet skin "
-        f"{meta['skin_angstrom']} Å.  The machine was shared with other jobs: load average "
-        f"{meta['load_average_start'][0]:.1f} at the start, {meta['load_average_end'][0]:.1f} at "
-        "the end (2 cores), so absolute times are inflated; the calculators ran interleaved, "
-        "so the ratios are fair.",
+        f"{meta['skin_angstrom']} Å.  {_load_note(meta)}",
         "",
         "Median wall time of one energy + forces call (after a 0.005 Å random displacement, "
         "as in MD; the first call of a structure, with its neighbor search, is listed "
@@ -136,6 +148,20 @@ def write_report(results: dict[str, tp.Any], out: Path) -> None:
         f"Scaling: invcalc time ~ N^{exponent:.2f} over {sizes} atoms.",
         "",
     ]
+    if "profile" in results:
+        eth = results["systems"].get("ethanol", {})
+        torchani_ms = eth.get("torchani", {}).get("median_ms")
+        reference = {
+            "torchani ASE call / 10 (the issue's 10x target)": torchani_ms and torchani_ms / 10,
+            "GFN2-xTB (tblite) call": eth.get("gfn2_xtb", {}).get("median_ms"),
+        }
+        text += [
+            "Where invcalc's ethanol call goes (each stage timed alone, median; "
+            "`_speed_profile.py`):",
+            "",
+            profile_table(results["profile"], reference),
+            "",
+        ]
     if b:
         text += [
             f"Conformer screening, {b['structures']} conformers of a {b['atoms_each']}-atom "

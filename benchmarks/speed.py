@@ -11,7 +11,9 @@ drifts on a shared machine hit every calculator alike):
 * conformer screening: ``calculate_batch`` vs a loop of calls;
 * peak memory (process maximum resident set, reported after each size; sizes run in
   increasing order, so for each size it bounds that size's peak);
-* the scaling exponent b of t = a N^b fitted from 10^3 atoms up.
+* the scaling exponent b of t = a N^b fitted from 10^3 atoms up;
+* where invcalc's ethanol call spends its time (``_speed_profile``): AEVs, networks
+  (with their arithmetic rate), the rest.
 
 The model is the ANI-1x architecture (8 members, CELU, cosine cutoff) with random
 weights, wrapped by invcalc and run by torchani itself; the numbers do not depend on
@@ -57,6 +59,7 @@ import numpy as np  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+from _speed_profile import profile_call  # noqa: E402
 from _speed_report import write_report  # noqa: E402
 
 WATER_SIDES = (3, 6, 10, 15, 22, 33)  # 81, 648, 3000, 10125, 31944, 107811 atoms
@@ -268,6 +271,9 @@ def main() -> None:
         timing["invcalc_pair_searches"] = invcalc._cache.builds - searches
         results["systems"][name] = timing
         print(json.dumps(timing), flush=True)
+
+    results["profile"] = profile_call(invcalc, molecule("CH3CH2OH"))
+    print("ethanol profile", results["profile"], flush=True)
 
     for name, atoms, steps in [
         ("ethanol", molecule("CH3CH2OH"), 200), ("oseltamivir", drug(), 100),

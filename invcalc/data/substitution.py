@@ -134,7 +134,7 @@ def write_smiles_file(entries: Sequence[MoleculeEntry], path: str | Path, header
     """Write entries in the four-column list format, ``header`` lines as comments."""
     with open(path, "w", encoding="utf-8") as fh:
         for line in header.splitlines():
-            fh.write(f"# {line}\n".replace("#  \n", "#\n"))
+            fh.write(f"# {line}".rstrip() + "\n")
         for e in entries:
             fh.write(f"{e.smiles:<40} {e.name:<40} {e.category:<14} {e.split}\n")
 
