@@ -54,8 +54,8 @@ def table(results: dict[str, tp.Any]) -> str:
     """Markdown table: median energy+forces time per call, and ratios to invcalc."""
     lines = [
         "| system | atoms | " + " | ".join(label for _, label in COLUMNS)
-        + " | torchani / invcalc | xTB / invcalc | invcalc first call | peak RSS |",
-        "|---|---:|" + "---:|" * (len(COLUMNS) + 4),
+        + " | torchani / invcalc | xTB / invcalc | invcalc first call | peak RSS | peak GPU |",
+        "|---|---:|" + "---:|" * (len(COLUMNS) + 5),
     ]
     for name, s in results["systems"].items():
         mine = s["invcalc"]["median_ms"]
@@ -67,7 +67,27 @@ def table(results: dict[str, tp.Any]) -> str:
         lines.append(
             f"| {name} | {s['atoms']} | " + " | ".join(cells) + f" | {ratios[0]} | "
             f"{ratios[1]} | {_fmt(s['invcalc']['first_call_ms'])} | "
-            f"{s['peak_rss_mb'] / 1024:.1f} GB |"
+            f"{s['peak_rss_mb'] / 1024:.1f} GB | {_gb(s.get('peak_gpu_mb'))} |"
+        )
+    return "\n".join(lines)
+
+
+def _gb(mb: float | None) -> str:
+    return "—" if mb is None else f"{mb / 1024:.2f} GB"
+
+
+def throughput_table(results: dict[str, tp.Any]) -> str:
+    """Markdown table of MD atom-steps per second, 8-member ensemble and single member."""
+    lines = [
+        "| MD throughput (velocity Verlet) | atoms | ensemble of 8: atom-steps/s | peak GPU "
+        "| single member: atom-steps/s | peak GPU |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, row in results.get("md_throughput", {}).items():
+        e, s = row["ensemble_8"], row["single"]
+        lines.append(
+            f"| {name} | {row['atoms']} | {e['atom_steps_per_s']:.3g} | {_gb(e['peak_gpu_mb'])} "
+            f"| {s['atom_steps_per_s']:.3g} | {_gb(s['peak_gpu_mb'])} |"
         )
     return "\n".join(lines)
 
@@ -111,7 +131,8 @@ def plot(results: dict[str, tp.Any], path: Path, exponent: float) -> None:
     ax.set_ylabel("energy + forces per call (s)")
     meta = results["meta"]
     ax.set_title(
-        f"ANI-1x architecture, 8 members, CPU, {meta['threads']} thread(s); "
+        f"ANI-1x architecture, 8 members, {meta.get('device', 'cpu')}, {meta['threads']} "
+        "CPU thread(s); "
         f"invcalc ~ N^{exponent:.2f}", fontsize=10,
     )
     ax.grid(True, which="both", alpha=0.3)
@@ -121,18 +142,19 @@ def plot(results: dict[str, tp.Any], path: Path, exponent: float) -> None:
     plt.close(fig)
 
 
-def write_report(results: dict[str, tp.Any], out: Path) -> None:
-    """Write speed.json, speed.png and speed.md into ``out``."""
+def write_report(results: dict[str, tp.Any], out: Path, stem: str = "speed") -> None:
+    """Write ``stem``.json, .png and .md into ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     exponent, sizes = scaling_exponent(results["systems"])
     results["scaling"] = {"exponent": exponent, "fitted_atoms": sizes}
-    (out / "speed.json").write_text(json.dumps(results, indent=1))
-    plot(results, out / "speed.png", exponent)
+    (out / f"{stem}.json").write_text(json.dumps(results, indent=1))
+    plot(results, out / f"{stem}.png", exponent)
     meta = results["meta"]
     b = results.get("batch", {})
     text = [
         "# Speed: invcalc vs torchani vs GFN2-xTB",
         "",
+        f"Device: {meta.get('device', 'cpu')} for invcalc and torchani.  "
         f"CPU: {meta['cpu_count']} cores ({meta['cpu']}), **{meta['threads']} thread(s)** for "
         f"torch, MKL, OpenBLAS and tblite; torch {meta['torch']}; {meta['model']}; Verlet skin "
         f"{meta['skin_angstrom']} Å.  {_load_note(meta)}",
@@ -144,6 +166,8 @@ def write_report(results: dict[str, tp.Any], out: Path) -> None:
         table(results),
         "",
         md_table(results),
+        "",
+        throughput_table(results),
         "",
         f"Scaling: invcalc time ~ N^{exponent:.2f} over {sizes} atoms.",
         "",
@@ -170,5 +194,5 @@ def write_report(results: dict[str, tp.Any], out: Path) -> None:
             f"~{b['torchani_loop_s_estimated_from_40']:.1f} s (timed on 40, scaled).",
             "",
         ]
-    (out / "speed.md").write_text("\n".join(text))
+    (out / f"{stem}.md").write_text("\n".join(text))
     print("\n".join(text))

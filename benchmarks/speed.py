@@ -13,7 +13,12 @@ drifts on a shared machine hit every calculator alike):
   increasing order, so for each size it bounds that size's peak);
 * the scaling exponent b of t = a N^b fitted from 10^3 atoms up;
 * where invcalc's ethanol call spends its time (``_speed_profile``): AEVs, networks
-  (with their arithmetic rate), the rest.
+  (with their arithmetic rate), the rest;
+* MD throughput in atom-steps per second of water boxes from 10^3 atoms up, for the
+  8-member ensemble and for a single member.
+
+``--device cuda`` runs invcalc and torchani on the GPU (GFN2-xTB stays on the CPU) and
+writes speed_cuda.json/png/md instead; peak GPU memory is reported per system.
 
 The model is the ANI-1x architecture (8 members, CELU, cosine cutoff) with random
 weights, wrapped by invcalc and run by torchani itself; the numbers do not depend on
@@ -22,6 +27,7 @@ the weights' values.  Writes results/speed.json, speed.png and speed.md.
     python benchmarks/speed.py                 # full run (~15 min on 2 busy CPU cores)
     python benchmarks/speed.py --quick         # small sizes only (~2 min)
     python benchmarks/speed.py --max-atoms 40000
+    python benchmarks/speed.py --device cuda   # on a GPU machine
 """
 
 from __future__ import annotations
@@ -199,6 +205,36 @@ def md_rate(calc: tp.Any, atoms: tp.Any, steps: int) -> float:
     return steps / (time.perf_counter() - t0)
 
 
+def md_throughput(calc: tp.Any, atoms: tp.Any, budget_s: float = 10.0) -> dict[str, float]:
+    """Atom-steps per second of velocity Verlet (0.5 fs) on ``atoms``: one warm-up step
+    (pair search), then steps until ``budget_s`` has passed (at least 2)."""
+    from ase import units
+    from ase.md.verlet import VelocityVerlet
+
+    atoms = atoms.copy()
+    atoms.calc = calc
+    rng = np.random.default_rng(4)
+    kt = 300 * units.kB
+    atoms.set_momenta(rng.normal(size=(len(atoms), 3)) * np.sqrt(kt * atoms.get_masses())[:, None])
+    dyn = VelocityVerlet(atoms, timestep=0.5 * units.fs)
+    dyn.run(1)
+    steps, t0 = 0, time.perf_counter()
+    while steps < 2 or time.perf_counter() - t0 < budget_s:
+        dyn.run(1)
+        steps += 1
+    seconds = time.perf_counter() - t0
+    return {"steps": steps, "seconds": seconds, "atom_steps_per_s": len(atoms) * steps / seconds}
+
+
+def peak_device_mb(device: str) -> float | None:
+    """Peak GPU memory allocated by torch since the last reset (None on CPU)."""
+    import torch
+
+    if not device.startswith("cuda"):
+        return None
+    return torch.cuda.max_memory_allocated() / 2**20
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
@@ -208,6 +244,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="molecules and <= 3000 atoms")
     parser.add_argument("--no-xtb", action="store_true")
     parser.add_argument("--out", type=Path, default=HERE / "results")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (invcalc and torchani)")
     args = parser.parse_args()
     if args.quick:
         args.max_atoms = min(args.max_atoms, 3000)
@@ -227,13 +264,17 @@ def main() -> None:
         except ImportError:
             print("tblite not installed: no GFN2-xTB column")
 
-    model = ani1x_like()
+    device = args.device
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error("--device cuda: torch sees no CUDA device")
+    model = ani1x_like().to(device)
     adaptive = copy.deepcopy(model)
     adaptive.neighborlist = AdaptiveList()  # torchani's own cell list (>= 190 atoms)
-    invcalc = InvCalc(model, device="cpu")
+    invcalc = InvCalc(model, device=device)
     xtb = tblite(method="GFN2-xTB", verbosity=0) if tblite else None
     meta = {
         "threads": args.threads,
+        "device": device if device == "cpu" else torch.cuda.get_device_name(),
         "cpu": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
         "torch": torch.__version__,
@@ -242,7 +283,9 @@ def main() -> None:
         "skin_angstrom": invcalc._cache.skin,
     }
     print(f"threads={args.threads}, load average {meta['load_average_start']}", flush=True)
-    results: dict[str, tp.Any] = {"meta": meta, "systems": {}, "md": {}, "batch": {}}
+    results: dict[str, tp.Any] = {
+        "meta": meta, "systems": {}, "md": {}, "md_throughput": {}, "batch": {}
+    }
 
     from ase.build import molecule
 
@@ -265,32 +308,50 @@ def main() -> None:
         rounds, block = (20, 5) if n < 100 else (6, 2) if n < 5000 else (4, 1)
         print(f"{name}: {n} atoms ...", flush=True)
         searches = invcalc._cache.builds
+        if device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
         timing: dict[str, tp.Any] = time_calls(timers, rounds, block)
         timing["atoms"] = n
         timing["peak_rss_mb"] = peak_rss_mb()
+        timing["peak_gpu_mb"] = peak_device_mb(device)
         timing["invcalc_pair_searches"] = invcalc._cache.builds - searches
         results["systems"][name] = timing
         print(json.dumps(timing), flush=True)
 
-    results["profile"] = profile_call(invcalc, molecule("CH3CH2OH"))
-    print("ethanol profile", results["profile"], flush=True)
+    if device == "cpu":  # stage timings need no GPU synchronisation on the CPU
+        results["profile"] = profile_call(invcalc, molecule("CH3CH2OH"))
+        print("ethanol profile", results["profile"], flush=True)
 
     for name, atoms, steps in [
         ("ethanol", molecule("CH3CH2OH"), 200), ("oseltamivir", drug(), 100),
         ("water_648", water_box(6), 20),
     ]:
-        rates = {"invcalc": md_rate(InvCalc(model, device="cpu"), atoms, steps)}
+        rates = {"invcalc": md_rate(InvCalc(model, device=device), atoms, steps)}
         rates["torchani"] = md_rate(model.ase(), atoms, max(5, steps // 10))
         if xtb is not None and not atoms.pbc.any():
             rates["gfn2_xtb"] = md_rate(tblite(method="GFN2-xTB", verbosity=0), atoms, steps // 4)
         results["md"][name] = rates
         print(name, "MD steps/s", rates, flush=True)
 
+    single = ani1x_like(members=1).to(device)
+    for side in WATER_SIDES:
+        n = 3 * side**3
+        if 1000 <= n <= args.max_atoms:
+            box = water_box(side)
+            row: dict[str, tp.Any] = {"atoms": n}
+            for label, net in (("ensemble_8", model), ("single", single)):
+                if device.startswith("cuda"):
+                    torch.cuda.reset_peak_memory_stats()
+                row[label] = md_throughput(InvCalc(net, device=device), box)
+                row[label]["peak_gpu_mb"] = peak_device_mb(device)
+            results["md_throughput"][f"water_{n}"] = row
+            print(f"water_{n} MD throughput", row, flush=True)
+
     confs = conformers(200)
     t0 = time.perf_counter()
     invcalc.calculate_batch(confs)
     batch_s = time.perf_counter() - t0
-    loop_calc = InvCalc(model, device="cpu")
+    loop_calc = InvCalc(model, device=device)
     t0 = time.perf_counter()
     for atoms in confs:
         atoms.calc = loop_calc
@@ -311,7 +372,7 @@ def main() -> None:
     print("batch", results["batch"], flush=True)
     meta["load_average_end"] = os.getloadavg()
     meta["peak_rss_mb"] = peak_rss_mb()
-    write_report(results, args.out)
+    write_report(results, args.out, "speed" if device == "cpu" else "speed_cuda")
 
 
 if __name__ == "__main__":
