@@ -76,6 +76,22 @@ def structure_errors(frames: list[Atoms], calc) -> dict:
     }
 
 
+def novelty_report(frames: list[Atoms], lists: list[str], structures: dict) -> dict:
+    """Rarest atom environment of each held-out molecule among the training molecules of
+    ``lists`` (train split), and the errors of the never-seen ones against the others."""
+    from _novelty import novelty, split_errors
+
+    from invcalc.data.molecules import read_smiles_file, select
+
+    training = [e.smiles for name in lists for e in select(read_smiles_file(name), "train")]
+    held_out = {a.info["name"]: a.info["smiles"] for a in frames
+                if "smiles" in a.info and not str(a.info.get("kind", "")).startswith("cluster")}
+    per_molecule = novelty(held_out, training)
+    return {"train_lists": lists, "training_molecules": len(training),
+            "per_molecule": per_molecule,
+            "split": split_errors(structures["per_molecule"], per_molecule, at_most=0)}
+
+
 def _sampling_kind(atoms: Atoms) -> str:
     """How a structure was sampled (``atoms.info['kind']``), MD frames by temperature."""
     kind = str(atoms.info.get("kind", "?"))
@@ -252,6 +268,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=1,
                         help="processes for the per-molecule MD runs (default 1)")
     parser.add_argument("--limit", type=int, default=None, help="only the first N molecules")
+    parser.add_argument("--train-list", action="append", default=[],
+                        help="molecule list(s) the model trained on (a shipped name such as "
+                             "'curated', or a path; repeatable): the report then says which "
+                             "held-out molecules have an atom environment no training "
+                             "molecule has, and their errors against the others")
     parser.add_argument("--card", default=None,
                         help="also write a model card JSON: this report, the model file's "
                              "metadata and a few stored reference structures")
@@ -269,8 +290,11 @@ def main(argv: list[str] | None = None) -> None:
         frames = [a for a in frames if a.info.get("name") in keep]
     calc = InvCalc(args.model, device="cpu")
     t0 = time.perf_counter()
-    report = {"model": args.model, "data": os.path.basename(args.data), "threads": args.threads}
+    report = {"model": os.path.basename(args.model), "data": os.path.basename(args.data),
+              "threads": args.threads}
     report["structures"] = structure_errors(frames, calc)
+    if args.train_list:
+        report["novelty"] = novelty_report(frames, args.train_list, report["structures"])
     molecules = relaxed_molecules(frames)
     report["geometry"] = geometry_rmsd(molecules, calc)
     if args.md_ps > 0:
@@ -305,6 +329,15 @@ def main(argv: list[str] | None = None) -> None:
         lines.append(f"| {kind} structures ({v['structures']}): energy / force MAE | "
                      f"{v['energy_mae_eV'] * KCAL_PER_EV:.2f} kcal/mol / "
                      f"{1000 * v['force_mae_eV_per_A']:.0f} meV/Å | |")
+    if "novelty" in report:
+        n = report["novelty"]["split"]
+        lines.append(
+            f"| molecules with an atom environment no training molecule has "
+            f"({len(n['novel'])}) vs the others ({n['others']}): median energy / force MAE | "
+            f"{n['novel_median_energy_mae_eV'] * KCAL_PER_EV:.1f} vs "
+            f"{n['others_median_energy_mae_eV'] * KCAL_PER_EV:.1f} kcal/mol / "
+            f"{1000 * n['novel_median_force_mae_eV_per_A']:.0f} vs "
+            f"{1000 * n['others_median_force_mae_eV_per_A']:.0f} meV/Å | |")
     if "md_stability" in report:
         m = report["md_stability"]
         lines.append(f"| intact after {m['ps']:g} ps Langevin MD at 300 K | {m['intact']}/{m['total']} | all |")
