@@ -188,18 +188,25 @@ def time_calls(
     return out
 
 
-def md_rate(calc: tp.Any, atoms: tp.Any, steps: int) -> float:
-    """Velocity Verlet steps per second (0.5 fs, 300 K start), after one warm-up step."""
+def _warm_verlet(calc: tp.Any, atoms: tp.Any, seed: int) -> tp.Any:
+    """Velocity Verlet (0.5 fs) on a copy of ``atoms`` with 300 K momenta, after one
+    warm-up step (pair search, caches)."""
     from ase import units
     from ase.md.verlet import VelocityVerlet
 
     atoms = atoms.copy()
     atoms.calc = calc
-    rng = np.random.default_rng(3)
+    rng = np.random.default_rng(seed)
     kt = 300 * units.kB
     atoms.set_momenta(rng.normal(size=(len(atoms), 3)) * np.sqrt(kt * atoms.get_masses())[:, None])
     dyn = VelocityVerlet(atoms, timestep=0.5 * units.fs)
     dyn.run(1)
+    return dyn
+
+
+def md_rate(calc: tp.Any, atoms: tp.Any, steps: int) -> float:
+    """Velocity Verlet steps per second (0.5 fs, 300 K start), after one warm-up step."""
+    dyn = _warm_verlet(calc, atoms, seed=3)
     t0 = time.perf_counter()
     dyn.run(steps)
     return steps / (time.perf_counter() - t0)
@@ -208,16 +215,7 @@ def md_rate(calc: tp.Any, atoms: tp.Any, steps: int) -> float:
 def md_throughput(calc: tp.Any, atoms: tp.Any, budget_s: float = 10.0) -> dict[str, float]:
     """Atom-steps per second of velocity Verlet (0.5 fs) on ``atoms``: one warm-up step
     (pair search), then steps until ``budget_s`` has passed (at least 2)."""
-    from ase import units
-    from ase.md.verlet import VelocityVerlet
-
-    atoms = atoms.copy()
-    atoms.calc = calc
-    rng = np.random.default_rng(4)
-    kt = 300 * units.kB
-    atoms.set_momenta(rng.normal(size=(len(atoms), 3)) * np.sqrt(kt * atoms.get_masses())[:, None])
-    dyn = VelocityVerlet(atoms, timestep=0.5 * units.fs)
-    dyn.run(1)
+    dyn = _warm_verlet(calc, atoms, seed=4)
     steps, t0 = 0, time.perf_counter()
     while steps < 2 or time.perf_counter() - t0 < budget_s:
         dyn.run(1)

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -16,6 +21,20 @@ from invcalc import FeatureSpec, InvariantPotential
 torch.set_num_threads(1)
 
 ELEMENTS = ("H", "C", "N", "O")
+
+#: The benchmark scripts and their helper modules (not a package).
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@contextlib.contextmanager
+def benchmark_modules(*names: str):
+    """The named modules of ``benchmarks/``, imported from the checkout; the folder stays
+    on ``sys.path`` until the block ends (their functions import siblings lazily)."""
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        yield tuple(importlib.import_module(name) for name in names)
+    finally:
+        sys.path.remove(str(BENCHMARKS))
 
 #: A small AEV (fast tests) with the default smooth (C-infinity) cutoff.
 SMALL_FEATURES = FeatureSpec(

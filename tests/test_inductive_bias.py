@@ -11,22 +11,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import BENCHMARKS, benchmark_modules
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-SCRIPT = BENCH / "inductive_bias.py"
+SCRIPT = BENCHMARKS / "inductive_bias.py"
 
 
 @pytest.fixture(scope="module")
 def ib():
     """The benchmark's helper modules, imported from the checkout."""
-    sys.path.insert(0, str(BENCH))
-    try:
-        import _ib_data
-        import _ib_models
-
-        yield _ib_data, _ib_models
-    finally:
-        sys.path.remove(str(BENCH))
+    with benchmark_modules("_ib_data", "_ib_models") as modules:
+        yield modules
 
 
 def test_random_rotation_is_proper_and_orthogonal(ib):

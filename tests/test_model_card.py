@@ -3,23 +3,15 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
-
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+from conftest import benchmark_modules
 
 
 @pytest.fixture(scope="module")
 def model_card():
-    sys.path.insert(0, str(BENCH))
-    try:
-        import model_card
-
-        yield model_card
-    finally:
-        sys.path.remove(str(BENCH))
+    with benchmark_modules("model_card") as (module,):
+        yield module
 
 
 def _metrics():

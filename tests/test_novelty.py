@@ -2,27 +2,17 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 from ase import Atoms
+from conftest import benchmark_modules
 
 pytest.importorskip("rdkit")
-
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 @pytest.fixture(scope="module")
 def bench():
-    sys.path.insert(0, str(BENCH))
-    try:
-        import _novelty
-        import default_model
-
-        yield _novelty, default_model
-    finally:
-        sys.path.remove(str(BENCH))
+    with benchmark_modules("_novelty", "default_model") as modules:
+        yield modules
 
 
 def test_environments_name_element_degree_aromaticity_and_neighbors(bench):

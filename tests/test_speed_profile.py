@@ -2,27 +2,17 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 from ase.build import molecule
+from conftest import benchmark_modules
 
 from invcalc import InvCalc
-
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 @pytest.fixture(scope="module")
 def bench():
-    sys.path.insert(0, str(BENCH))
-    try:
-        import _speed_profile
-        import speed
-
-        yield speed, _speed_profile
-    finally:
-        sys.path.remove(str(BENCH))
+    with benchmark_modules("speed", "_speed_profile") as modules:
+        yield modules
 
 
 def test_profile_stages_and_multiply_adds(bench):
