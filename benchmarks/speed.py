@@ -24,7 +24,7 @@ The model is the ANI-1x architecture (8 members, CELU, cosine cutoff) with rando
 weights, wrapped by invcalc and run by torchani itself; the numbers do not depend on
 the weights' values.  Writes results/speed.json, speed.png and speed.md.
 
-    python benchmarks/speed.py                 # full run (~15 min on 2 busy CPU cores)
+    python benchmarks/speed.py                 # full run (9 min on an idle 2-core CPU)
     python benchmarks/speed.py --quick         # small sizes only (~2 min)
     python benchmarks/speed.py --max-atoms 40000
     python benchmarks/speed.py --device cuda   # on a GPU machine

@@ -36,6 +36,7 @@ def benchmark_modules(*names: str):
     finally:
         sys.path.remove(str(BENCHMARKS))
 
+
 #: A small AEV (fast tests) with the default smooth (C-infinity) cutoff.
 SMALL_FEATURES = FeatureSpec(
     radial_cutoff=4.6,
