@@ -72,7 +72,7 @@ def profile_call(calc: tp.Any, atoms: tp.Any, repeats: int = 1000) -> dict[str, 
     with torch.no_grad():
         diff = engine.pair_vectors(prepared, positions)
         out["aevs_ms"] = _median_ms(lambda: features.aevs(aev, plan, diff, keep=True), repeats)
-        g_all, _ = features.aevs(aev, plan, diff, keep=True)
+        g_all, saved = features.aevs(aev, plan, diff, keep=True)
         nets = potential.fused_networks()
         compact = (plan.present, plan.columns)
         counts = prepared.layout.counts
@@ -80,7 +80,6 @@ def profile_call(calc: tp.Any, atoms: tp.Any, repeats: int = 1000) -> dict[str, 
             lambda: nets.energies_and_grad(g_all, counts, "mean", compact), repeats
         )
         _, grad_g = nets.energies_and_grad(g_all, counts, "mean", compact)
-        saved = features.aevs(aev, plan, diff, keep=True)[1]
         out["aev_gradient_ms"] = _median_ms(
             lambda: features.aev_grad(aev, plan, diff, grad_g, saved), repeats
         )

@@ -224,6 +224,14 @@ def md_throughput(calc: tp.Any, atoms: tp.Any, budget_s: float = 10.0) -> dict[s
     return {"steps": steps, "seconds": seconds, "atom_steps_per_s": len(atoms) * steps / seconds}
 
 
+def reset_peak_device_memory(device: str) -> None:
+    """Start a new peak for ``peak_device_mb`` (nothing to do on the CPU)."""
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+
+
 def peak_device_mb(device: str) -> float | None:
     """Peak GPU memory allocated by torch since the last reset (None on CPU)."""
     import torch
@@ -306,8 +314,7 @@ def main() -> None:
         rounds, block = (20, 5) if n < 100 else (6, 2) if n < 5000 else (4, 1)
         print(f"{name}: {n} atoms ...", flush=True)
         searches = invcalc._cache.builds
-        if device.startswith("cuda"):
-            torch.cuda.reset_peak_memory_stats()
+        reset_peak_device_memory(device)
         timing: dict[str, tp.Any] = time_calls(timers, rounds, block)
         timing["atoms"] = n
         timing["peak_rss_mb"] = peak_rss_mb()
@@ -338,8 +345,7 @@ def main() -> None:
             box = water_box(side)
             row: dict[str, tp.Any] = {"atoms": n}
             for label, net in (("ensemble_8", model), ("single", single)):
-                if device.startswith("cuda"):
-                    torch.cuda.reset_peak_memory_stats()
+                reset_peak_device_memory(device)
                 row[label] = md_throughput(InvCalc(net, device=device), box)
                 row[label]["peak_gpu_mb"] = peak_device_mb(device)
             results["md_throughput"][f"water_{n}"] = row
